@@ -1,0 +1,17 @@
+"""The project's exception type.
+
+Every error `probe` raises on purpose is a :class:`ProbeError` whose message says what was
+expected, what was found and what to do about it.
+"""
+
+
+class ProbeError(Exception):
+    """Base class of every error raised on purpose by `probe`."""
+
+
+class UnsupportedModelError(ProbeError):
+    """The model's architecture is not one `probe` can capture exactly."""
+
+
+class InputError(ProbeError):
+    """A text, file or argument given by the user cannot be used as it is."""
