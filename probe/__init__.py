@@ -1,0 +1,24 @@
+"""probe: exact, architecture-independent capture and analysis of transformer attention.
+
+>>> from probe import AttentionProbe, load_model
+>>> model, tokenizer = load_model()
+>>> with AttentionProbe(model, tokenizer, keys=["pattern"]) as p:
+...     caps = p.run(["A robin is a bird."])
+>>> caps[0]["blocks.0.attn.pattern"].sum(-1).round(5).min()
+np.float32(1.0)
+"""
+
+from .architectures import SUPPORTED_MODEL_TYPES, attention_layers
+from .capture import AttentionProbe
+from .captures import Capture, Example
+from .errors import InputError, ProbeError, UnsupportedModelError
+from .models import default_model_path, load_model
+from .names import AXES, COMPONENTS, key, kv_head_of, parse_key
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AXES", "COMPONENTS", "AttentionProbe", "Capture", "Example", "InputError", "ProbeError",
+    "SUPPORTED_MODEL_TYPES", "UnsupportedModelError", "attention_layers", "default_model_path",
+    "key", "kv_head_of", "load_model", "parse_key", "__version__",
+]

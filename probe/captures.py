@@ -1,0 +1,172 @@
+"""Captured activations, per example, with padding removed.
+
+A :class:`Capture` is a sequence of :class:`Example`; an example maps canonical keys
+(:mod:`probe.names`) to numpy arrays. Live captures and stored runs (:mod:`probe.store`)
+share this interface, so analyses do not care where the numbers come from.
+
+>>> import numpy as np
+>>> batch = CapturedBatch({"blocks.0.attn.pattern": np.ones((1, 2, 4, 4)) / 4},
+...                       spans=[(0, 3)], tokens=[["[CLS]", "hi", "[SEP]"]])
+>>> ex = batch.example(0)
+>>> ex.tokens, ex["blocks.0.attn.pattern"].shape
+(['[CLS]', 'hi', '[SEP]'], (2, 3, 3))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+
+import numpy as np
+
+from . import names
+from .attention import value_weighted
+from .errors import InputError
+
+
+def _unpad(array: np.ndarray, component: str, start: int, stop: int) -> np.ndarray:
+    """Slice every sequence axis of one example's array to ``[start, stop)``."""
+    index = tuple(slice(start, stop) if axis in names.SEQUENCE_AXES else slice(None)
+                  for axis in names.AXES[component])
+    return array[index]
+
+
+class Example(Mapping):
+    """One example's captured tensors (a read-only mapping key -> numpy array).
+
+    ``tokens`` are the example's tokens without padding, ``text`` its input text (None when
+    captured around a user's own forward call), ``meta`` any metadata given with the input.
+    """
+
+    def __init__(self, tokens, keys: Sequence[str], getter, *, text=None, input_ids=None,
+                 meta=None, index=None):
+        self.tokens: list[str] | None = tokens
+        self.text: str | None = text
+        self.input_ids: np.ndarray | None = input_ids
+        self.meta: dict = dict(meta or {})
+        self.index = index
+        self._keys = tuple(keys)
+        self._key_set = frozenset(keys)
+        self._get = getter
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        if key not in self._key_set:
+            layer, component = names.parse_key(key)  # raises for malformed keys
+            raise KeyError(f"{key!r} was not captured; captured keys are e.g. "
+                           f"{', '.join(self._keys[:4])} ...")
+        layer, component = names.parse_key(key)
+        if component == "value_weighted":
+            return value_weighted(self._get(names.key(layer, "pattern")),
+                                  self._get(names.key(layer, "value_norm")))
+        return self._get(key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._keys)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def __contains__(self, key) -> bool:
+        return key in self._key_set
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens) if self.tokens is not None else None
+
+    def __repr__(self) -> str:
+        shown = " ".join(self.tokens[:12]) + (" ..." if len(self.tokens) > 12 else "")
+        return f"Example({self.n_tokens} tokens: {shown!r}, {len(self._keys)} keys)"
+
+
+class CapturedBatch:
+    """Padded batch arrays from one forward call and the span of each example in them.
+
+    ``arrays`` maps keys to ``[batch, ...]`` arrays (padded); ``spans[i] = (start, stop)`` are
+    the positions of example i's real tokens. ``keys`` is what examples expose (may include
+    derived keys); defaults to the keys of ``arrays``.
+    """
+
+    def __init__(self, arrays: dict[str, np.ndarray], spans, tokens, *, keys=None,
+                 input_ids=None, texts=None, meta=None):
+        self.arrays = arrays
+        self.spans = [(int(a), int(b)) for a, b in spans]
+        self.tokens = tokens
+        self.keys = tuple(keys) if keys is not None else tuple(arrays)
+        self.input_ids = input_ids
+        self.texts = texts
+        self.meta = meta
+
+    def __len__(self) -> int:
+        return len(self.spans)
+
+    def example(self, row: int, index=None) -> Example:
+        start, stop = self.spans[row]
+
+        def get(key, row=row, start=start, stop=stop):
+            _, component = names.parse_key(key)
+            return _unpad(self.arrays[key][row], component, start, stop)
+
+        ids = None if self.input_ids is None else self.input_ids[row, start:stop]
+        return Example(
+            self.tokens[row] if self.tokens is not None else None, self.keys, get,
+            text=None if self.texts is None else self.texts[row],
+            input_ids=ids,
+            meta=None if self.meta is None else self.meta[row],
+            index=index,
+        )
+
+
+class Capture(Sequence):
+    """A sequence of :class:`Example` (one per input), as returned by ``AttentionProbe.run``.
+
+    ``capture[i]`` is an Example, ``capture[2:5]`` a smaller Capture; ``keys``, ``layers`` and
+    ``components`` describe what was captured; :meth:`select` narrows the view.
+    """
+
+    def __init__(self, examples: Sequence[Example], keys: Sequence[str]):
+        self._examples = list(examples)
+        self.keys: tuple[str, ...] = tuple(keys)
+
+    def __len__(self) -> int:
+        return len(self._examples)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return Capture(self._examples[i], self.keys)
+        return self._examples[i]
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(sorted({names.parse_key(k)[0] for k in self.keys}))
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        present = {names.parse_key(k)[1] for k in self.keys}
+        return tuple(c for c in names.COMPONENTS if c in present)
+
+    def select(self, *, layers=None, components=None) -> Capture:
+        """A view exposing only the given layers and components.
+
+        >>> import numpy as np
+        >>> b = CapturedBatch({"blocks.0.attn.q": np.zeros((1, 2, 3, 4)),
+        ...                    "blocks.1.attn.q": np.zeros((1, 2, 3, 4))}, [(0, 3)], [list("abc")])
+        >>> Capture([b.example(0)], b.keys).select(layers=[1]).keys
+        ('blocks.1.attn.q',)
+        """
+        comps = set(names.normalize_components(components))
+        wanted = [k for k in self.keys
+                  if names.parse_key(k)[1] in comps
+                  and (layers is None or names.parse_key(k)[0] in set(layers))]
+        missing_layers = set(layers or ()) - {names.parse_key(k)[0] for k in self.keys}
+        if missing_layers or not wanted:
+            raise InputError(
+                f"selection not in this capture: layers {sorted(missing_layers) or layers}, "
+                f"components {sorted(comps)}; it holds layers {list(self.layers)} and "
+                f"components {list(self.components)}"
+            )
+        return Capture([Example(ex.tokens, wanted, ex._get, text=ex.text,
+                                input_ids=ex.input_ids, meta=ex.meta, index=ex.index)
+                        for ex in self._examples], wanted)
+
+    def __repr__(self) -> str:
+        return (f"Capture({len(self)} examples, layers {list(self.layers)}, "
+                f"components {list(self.components)})")

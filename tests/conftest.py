@@ -1,0 +1,118 @@
+"""Shared fixtures: tiny randomly initialised models (one per supported family) and the
+bundled MiniLM. Tiny models use the bundled BERT tokenizer's vocabulary so that
+``AttentionProbe.run`` can tokenise real sentences for every architecture."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import transformers as T
+
+VOCAB = 30522  # the bundled BERT tokenizer's vocabulary
+
+# name -> (config factory, is_causal, sliding_window)
+ARCHS = {
+    "bert": (lambda: T.BertConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, intermediate_size=37,
+                                  max_position_embeddings=64), False, None),
+    "roberta": (lambda: T.RobertaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=4, intermediate_size=37,
+                                        max_position_embeddings=66, pad_token_id=0), False, None),
+    "xlm-roberta": (lambda: T.XLMRobertaConfig(vocab_size=VOCAB, hidden_size=24, num_hidden_layers=2,
+                                               num_attention_heads=3, intermediate_size=37,
+                                               max_position_embeddings=66, pad_token_id=0), False, None),
+    "electra": (lambda: T.ElectraConfig(vocab_size=VOCAB, embedding_size=16, hidden_size=32,
+                                        num_hidden_layers=2, num_attention_heads=4,
+                                        intermediate_size=37, max_position_embeddings=64), False, None),
+    "distilbert": (lambda: T.DistilBertConfig(vocab_size=VOCAB, dim=32, n_layers=2, n_heads=4,
+                                              hidden_dim=37, max_position_embeddings=64), False, None),
+    "gpt2": (lambda: T.GPT2Config(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                  bos_token_id=101, eos_token_id=102), True, None),
+    "gpt_neox": (lambda: T.GPTNeoXConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                                         num_attention_heads=4, intermediate_size=37,
+                                         max_position_embeddings=64, rotary_pct=0.5,
+                                         bos_token_id=101, eos_token_id=102), True, None),
+    "llama": (lambda: T.LlamaConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, intermediate_size=37,
+                                    max_position_embeddings=64, bos_token_id=101, eos_token_id=102,
+                                    pad_token_id=0), True, None),
+    "mistral": (lambda: T.MistralConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=1,
+                                        intermediate_size=37, max_position_embeddings=64,
+                                        sliding_window=4, bos_token_id=101, eos_token_id=102,
+                                        pad_token_id=0), True, 4),
+    "qwen2": (lambda: T.Qwen2Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, intermediate_size=37,
+                                    max_position_embeddings=64, bos_token_id=101, eos_token_id=102,
+                                    pad_token_id=0), True, None),
+    "qwen3": (lambda: T.Qwen3Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                    intermediate_size=37, max_position_embeddings=64,
+                                    bos_token_id=101, eos_token_id=102, pad_token_id=0), True, None),
+}
+
+# the output projection of layer l, named independently of probe's own table
+OUT_PROJ = {
+    "bert": "encoder.layer.{l}.attention.output.dense",
+    "roberta": "encoder.layer.{l}.attention.output.dense",
+    "xlm-roberta": "encoder.layer.{l}.attention.output.dense",
+    "electra": "encoder.layer.{l}.attention.output.dense",
+    "distilbert": "transformer.layer.{l}.attention.out_lin",
+    "gpt2": "h.{l}.attn.c_proj",
+    "gpt_neox": "layers.{l}.attention.dense",
+    "llama": "layers.{l}.self_attn.o_proj",
+    "mistral": "layers.{l}.self_attn.o_proj",
+    "qwen2": "layers.{l}.self_attn.o_proj",
+    "qwen3": "layers.{l}.self_attn.o_proj",
+}
+
+
+@functools.lru_cache(maxsize=None)
+def _tiny(arch: str):
+    torch.manual_seed(1234)
+    config = ARCHS[arch][0]()
+    model = T.AutoModel.from_config(config).eval()
+    # random init is small; widen weights so attention patterns are far from uniform
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.dim() == 2 and "embed" not in name and "wte" not in name and "wpe" not in name:
+                p.mul_(3.0)
+    return model
+
+
+@pytest.fixture(params=sorted(ARCHS))
+def arch(request):
+    return request.param
+
+
+@pytest.fixture
+def tiny(arch):
+    return _tiny(arch)
+
+
+@functools.lru_cache(maxsize=None)
+def _minilm():
+    from probe import load_model
+
+    return load_model()
+
+
+@pytest.fixture(scope="session")
+def minilm():
+    return _minilm()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return _minilm()[1]
+
+
+SENTENCES = [
+    "A robin is a bird.",
+    "A robin is not a bird.",
+    "Penguins can't fly, but they swim remarkably well in very cold water.",
+    "No.",
+    "The committee never approved the new budget for the northern district schools.",
+]
