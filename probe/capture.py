@@ -321,44 +321,63 @@ class AttentionProbe:
         self.captures.clear()
 
     def run(self, texts, batch_size: int = 32, *, truncate: bool = False, meta=None,
-            ids=None) -> Capture:
+            ids=None, out=None, **store_options):
         """Capture ``texts``: one :class:`~probe.captures.Example` per text, in input order.
 
         Texts are batched by length (less padding) and right-padded; the model runs in eval
         mode under ``torch.inference_mode`` without a key/value cache. A text longer than the
         model's maximum is refused unless ``truncate=True``. ``meta`` (one dict per text) and
         ``ids`` are attached to the examples.
+
+        With ``out="run.h5"`` the captures stream to an HDF5 file instead of memory and the
+        opened :class:`~probe.store.Run` is returned; ``store_options`` are those of
+        :func:`probe.runner.capture_to_file` (dtype, compression, resume, window, progress).
         """
-        if not self._attached:
-            raise ProbeError("run() needs an attached probe: use `with AttentionProbe(...) as p:`")
+        self._require_attached()
         if self.tokenizer is None:
             raise InputError("run() needs a tokenizer: AttentionProbe(model, tokenizer)")
-        texts = [texts] if isinstance(texts, str) else list(texts)
+        if isinstance(texts, str):
+            texts = [texts]
+        if out is not None:
+            from .readers import records_from_texts
+            from .runner import capture_to_file
+
+            texts = list(texts)
+            return capture_to_file(self, lambda: records_from_texts(texts, meta, ids), out,
+                                   batch_size=batch_size, truncate=truncate, **store_options)
+        texts = list(texts)
         encoded = encode(self.tokenizer, texts, max_length=max_length_of(self.model, self.tokenizer),
                          truncate=truncate, ids=ids)
-        device = _device_of(self.model)
         examples = [None] * len(texts)
+        for rows in batches_by_length([len(r) for r in encoded.ids], batch_size):
+            capture = self._capture_ids([encoded.ids[i] for i in rows])
+            for j, i in enumerate(rows):
+                ex = capture[j]
+                ex.text, ex.index = texts[i], i
+                ex.meta = dict(meta[i]) if meta is not None else {}
+                if ids is not None:
+                    ex.meta.setdefault("id", ids[i])
+                if encoded.truncated[i]:
+                    ex.meta["truncated"] = True
+                examples[i] = ex
+        return Capture(examples, self.exposed_keys)
+
+    def _require_attached(self):
+        if not self._attached:
+            raise ProbeError("run() needs an attached probe: use `with AttentionProbe(...) as p:`")
+
+    def _capture_ids(self, rows: list[list[int]]) -> Capture:
+        """One eval-mode, cache-free forward of right-padded token id rows; its Capture."""
+        self._require_attached()
+        input_ids, mask = pad(rows, pad_id_of(self.tokenizer), _device_of(self.model))
         was_training = self.model.training
         self.model.eval()
         try:
-            for rows in batches_by_length([len(r) for r in encoded.ids], batch_size):
-                input_ids, mask = pad([encoded.ids[i] for i in rows], pad_id_of(self.tokenizer),
-                                      device)
-                with torch.inference_mode():
-                    self.model(input_ids=input_ids, attention_mask=mask, **_no_cache(self.model))
-                capture = self.captures.pop()
-                for j, i in enumerate(rows):
-                    ex = capture[j]
-                    ex.text, ex.index = texts[i], i
-                    ex.meta = dict(meta[i]) if meta is not None else {}
-                    if ids is not None:
-                        ex.meta.setdefault("id", ids[i])
-                    if encoded.truncated[i]:
-                        ex.meta["truncated"] = True
-                    examples[i] = ex
+            with torch.inference_mode():
+                self.model(input_ids=input_ids, attention_mask=mask, **_no_cache(self.model))
         finally:
             self.model.train(was_training)
-        return Capture(examples, self.exposed_keys)
+        return self.captures.pop()
 
 
 def _to_numpy(t: torch.Tensor) -> np.ndarray:

@@ -68,6 +68,11 @@ class Example(Mapping):
     def __contains__(self, key) -> bool:
         return key in self._key_set
 
+    def narrowed(self, keys) -> Example:
+        """The same example exposing only ``keys``."""
+        return Example(self.tokens, keys, self._get, text=self.text, input_ids=self.input_ids,
+                       meta=self.meta, index=self.index)
+
     @property
     def n_tokens(self) -> int:
         return len(self.tokens) if self.tokens is not None else None
@@ -115,24 +120,10 @@ class CapturedBatch:
         )
 
 
-class Capture(Sequence):
-    """A sequence of :class:`Example` (one per input), as returned by ``AttentionProbe.run``.
+class KeyedSequence(Sequence):
+    """What a sequence of examples with ``keys`` knows about its layers and components."""
 
-    ``capture[i]`` is an Example, ``capture[2:5]`` a smaller Capture; ``keys``, ``layers`` and
-    ``components`` describe what was captured; :meth:`select` narrows the view.
-    """
-
-    def __init__(self, examples: Sequence[Example], keys: Sequence[str]):
-        self._examples = list(examples)
-        self.keys: tuple[str, ...] = tuple(keys)
-
-    def __len__(self) -> int:
-        return len(self._examples)
-
-    def __getitem__(self, i):
-        if isinstance(i, slice):
-            return Capture(self._examples[i], self.keys)
-        return self._examples[i]
+    keys: tuple[str, ...]
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -142,6 +133,32 @@ class Capture(Sequence):
     def components(self) -> tuple[str, ...]:
         present = {names.parse_key(k)[1] for k in self.keys}
         return tuple(c for c in names.COMPONENTS if c in present)
+
+
+class Capture(KeyedSequence):
+    """A sequence of :class:`Example` (one per input), as returned by ``AttentionProbe.run``.
+
+    ``capture[i]`` is an Example, ``capture[2:5]`` a smaller Capture; ``keys``, ``layers`` and
+    ``components`` describe what was captured; :meth:`select` narrows the view. The examples
+    may be a lazy sequence (a stored run): nothing is read until an example is indexed.
+    """
+
+    def __init__(self, examples: Sequence[Example], keys: Sequence[str]):
+        self._examples = examples
+        self.keys: tuple[str, ...] = tuple(keys)
+
+    def __len__(self) -> int:
+        return len(self._examples)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return Capture(list(self._examples[i]), self.keys)
+        ex = self._examples[i]
+        return ex if ex._keys == self.keys else ex.narrowed(self.keys)
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
 
     def select(self, *, layers=None, components=None) -> Capture:
         """A view exposing only the given layers and components.
@@ -153,19 +170,18 @@ class Capture(Sequence):
         ('blocks.1.attn.q',)
         """
         comps = set(names.normalize_components(components))
+        layer_set = None if layers is None else {int(x) for x in ([layers] if isinstance(layers, int) else layers)}
         wanted = [k for k in self.keys
                   if names.parse_key(k)[1] in comps
-                  and (layers is None or names.parse_key(k)[0] in set(layers))]
-        missing_layers = set(layers or ()) - {names.parse_key(k)[0] for k in self.keys}
+                  and (layer_set is None or names.parse_key(k)[0] in layer_set)]
+        missing_layers = (layer_set or set()) - set(self.layers)
         if missing_layers or not wanted:
             raise InputError(
                 f"selection not in this capture: layers {sorted(missing_layers) or layers}, "
                 f"components {sorted(comps)}; it holds layers {list(self.layers)} and "
                 f"components {list(self.components)}"
             )
-        return Capture([Example(ex.tokens, wanted, ex._get, text=ex.text,
-                                input_ids=ex.input_ids, meta=ex.meta, index=ex.index)
-                        for ex in self._examples], wanted)
+        return Capture(self._examples, wanted)
 
     def __repr__(self) -> str:
         return (f"Capture({len(self)} examples, layers {list(self.layers)}, "

@@ -2,8 +2,9 @@
 
 Subcommands:
 
-- ``probe capture [INPUT]``: capture attention of texts (one per line; default: the bundled
-  example sentences) on a model (default: the bundled MiniLM) and print a summary.
+- ``probe capture [INPUT] [--out RUN.h5]``: capture attention of texts (default: the bundled
+  example sentences) on a model (default: the bundled MiniLM); print a summary, or stream
+  every example to an HDF5 run file (resumable with ``--resume``).
 """
 
 from __future__ import annotations
@@ -23,22 +24,6 @@ def bundled(name: str) -> Path:
         raise ProbeError(f"bundled data file {path} is missing; run from a checkout of probe "
                          "(pip install -e .) or pass your own file")
     return path
-
-
-def _read_lines(path: Path) -> list[str]:
-    from .errors import InputError
-
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        raise InputError(f"input file {path} does not exist") from None
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as err:
-        line = raw[: err.start].count(b"\n") + 1
-        raise InputError(f"{path}:{line}: not valid UTF-8 ({err.reason}); re-encode the file "
-                         "as UTF-8") from None
-    return [line for line in text.splitlines() if line.strip()]
 
 
 def _summary(capture, out=sys.stdout) -> None:
@@ -69,32 +54,69 @@ def _summary(capture, out=sys.stdout) -> None:
 def cmd_capture(args) -> int:
     from .capture import AttentionProbe
     from .models import load_model
+    from .readers import input_format, iter_records
 
     path = Path(args.input) if args.input else bundled("sentences.txt")
-    texts = _read_lines(path)
-    model, tokenizer = load_model(args.model, device=args.device)
     keys = args.keys.split(",") if args.keys else None
     layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    if args.out is None:
+        records = list(iter_records(path))
+        model, tokenizer = load_model(args.model, device=args.device)
+        with AttentionProbe(model, tokenizer, layers=layers, keys=keys) as p:
+            capture = p.run([r.text for r in records], batch_size=args.batch_size,
+                            truncate=args.truncate, meta=[r.meta for r in records])
+        _summary(capture)
+        return 0
+
+    from .runner import capture_to_file
+
+    out = Path(args.out)
+    next(iter_records(path), None)  # fail fast on a missing or unreadable input
+    if out.exists() and not args.resume:
+        raise ProbeError(f"{out} already exists; pass --resume to continue it, or choose "
+                         "another --out (probe never overwrites a run)")
+    model, tokenizer = load_model(args.model, device=args.device)
     with AttentionProbe(model, tokenizer, layers=layers, keys=keys) as p:
-        capture = p.run(texts, batch_size=args.batch_size, truncate=args.truncate)
-    _summary(capture)
+        run = capture_to_file(p, lambda: iter_records(path), out, batch_size=args.batch_size,
+                              dtype=args.dtype, compression=args.compression,
+                              resume=args.resume, truncate=args.truncate, window=args.window,
+                              progress=not args.quiet, input_name=f"{path} ({input_format(path)})")
+    with run:
+        size = out.stat().st_size
+        print(f"{out}: {len(run)} examples, {run.attrs['n_examples']} in the input, "
+              f"{'complete' if run.complete else 'incomplete'}; {size / 1e6:.1f} MB "
+              f"({size / max(len(run), 1) / 1e3:.1f} kB per example); layers "
+              f"{list(run.layers)}, components {', '.join(run.components)}; dtype "
+              f"{run.attrs['dtype']}, compression {run.attrs['compression']}")
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="probe", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    cap = sub.add_parser("capture", help="capture attention of texts and print a summary")
-    cap.add_argument("input", nargs="?", help="text file, one sentence a line "
-                     "(default: the bundled example sentences)")
+    cap = sub.add_parser("capture", help="capture attention of texts; print a summary or "
+                         "stream to an HDF5 run file")
+    cap.add_argument("input", nargs="?", help="a .txt file (one sentence a line), .jsonl "
+                     "(a 'text' field, optional 'id' and other fields kept as metadata) or .csv "
+                     "(a 'text' column); default: the bundled example sentences")
+    cap.add_argument("--out", help="HDF5 run file to write (without it: print a summary)")
     cap.add_argument("--model", default=None,
                      help="hub name or local folder (default: bundled all-MiniLM-L6-v2)")
     cap.add_argument("--layers", help="comma-separated layer indices (default: all)")
     cap.add_argument("--keys", help="comma-separated components or full keys (default: all)")
     cap.add_argument("--batch-size", type=int, default=32)
+    cap.add_argument("--dtype", choices=["float32", "float16"], default="float32",
+                     help="floating type on disk (default float32)")
+    cap.add_argument("--compression", default="none",
+                     help="none (default), lzf, gzip or gzip-N; activations barely compress")
     cap.add_argument("--device", default="cpu")
+    cap.add_argument("--resume", action="store_true",
+                     help="continue an interrupted run in --out (settings must match)")
     cap.add_argument("--truncate", action="store_true",
                      help="cut texts longer than the model's maximum instead of refusing them")
+    cap.add_argument("--window", type=int, default=2048,
+                     help="inputs sorted by length together (part of the batch plan)")
+    cap.add_argument("--quiet", action="store_true", help="no progress bar")
     cap.set_defaults(func=cmd_capture)
     return parser
 

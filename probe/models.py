@@ -62,3 +62,32 @@ def load_model(name_or_path: str | None = None, *, device: str | torch.device = 
         ) from err
     model.to(device).eval()
     return model, tokenizer
+
+
+_FULL_HASH_LIMIT = 2 << 30  # bytes of weights hashed in full; above this, a strided sample
+
+
+def model_fingerprint(model) -> tuple[str, str]:
+    """``(hex digest, method)`` identifying a model's config and weights.
+
+    Weights up to 2 GiB are hashed in full (blake2b over every tensor's name, shape, dtype and
+    bytes); larger models hash names, shapes, dtypes and 65,536 evenly strided values per
+    tensor, so a resume check stays fast on multi-GB checkpoints.
+    """
+    import hashlib
+
+    digest = hashlib.blake2b(digest_size=20)
+    digest.update(model.config.to_json_string(use_diff=False).encode("utf-8"))
+    state = model.state_dict()
+    total = sum(t.numel() * t.element_size() for t in state.values())
+    full = total <= _FULL_HASH_LIMIT
+    for name in sorted(state):
+        t = state[name].detach()
+        digest.update(f"{name}|{tuple(t.shape)}|{t.dtype}".encode())
+        flat = t.reshape(-1)
+        if not full and flat.numel() > 65536:
+            flat = flat[:: flat.numel() // 65536]
+        if flat.dtype == torch.bfloat16:
+            flat = flat.view(torch.int16)
+        digest.update(flat.cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest(), "blake2b-full" if full else "blake2b-sampled"

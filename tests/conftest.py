@@ -116,3 +116,12 @@ SENTENCES = [
     "No.",
     "The committee never approved the new budget for the northern district schools.",
 ]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, tokenizer):
+    """A tiny BERT saved with the bundled tokenizer: a local model folder for CLI subprocesses."""
+    path = tmp_path_factory.mktemp("tiny-bert")
+    _tiny("bert").save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path

@@ -1,0 +1,294 @@
+"""Batch runs to an HDF5 file: validation, a deterministic batch plan, a writer thread, resume.
+
+The plan: input records are read in fixed windows of ``window`` records; inside a window they
+are sorted by token length and cut into batches of ``batch_size``. The plan depends only on the
+input and these two numbers, so a resumed run recomputes exactly the batches an uninterrupted
+run would have (same padding, same numbers, bit for bit) and skips the committed ones.
+
+Memory stays flat: the input is streamed, one window of token ids is held at a time, and at
+most ``queue_batches`` captured batches wait for the writer thread.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import queue
+import threading
+from itertools import islice
+
+import numpy as np
+import torch
+
+from . import names
+from .errors import InputError, ProbeError
+from .inputs import batches_by_length, encode, max_length_of
+from .store import RunWriter, compression_args, open_file, open_run
+
+#: settings that must be equal to resume a run
+RESUME_MUST_MATCH = ("model", "model_fingerprint", "keys", "dtype", "compression", "truncate",
+                     "batch_size", "window", "input_sha256", "n_examples")
+
+
+def _windows(records, window):
+    it = iter(records)
+    while True:
+        chunk = list(islice(it, window))
+        if not chunk:
+            return
+        yield chunk
+
+
+def validate_input(probe, make_records, *, truncate: bool, window: int):
+    """One streaming pass over the input: every error found before anything is written.
+
+    Returns ``(n_examples, sha256 of the texts and metadata)``.
+    """
+    digest = hashlib.sha256()
+    n = 0
+    max_len = max_length_of(probe.model, probe.tokenizer)
+    for chunk in _windows(make_records(), window):
+        encode(probe.tokenizer, [r.text for r in chunk], max_length=max_len, truncate=truncate,
+               ids=[_name(r) for r in chunk])
+        for r in chunk:
+            digest.update(r.text.encode("utf-8"))
+            digest.update(b"\0")
+            digest.update(json.dumps(r.meta, sort_keys=True, default=str).encode("utf-8"))
+            digest.update(b"\n")
+        n += len(chunk)
+    if n == 0:
+        raise InputError("the input holds no texts")
+    return n, digest.hexdigest()
+
+
+def _name(record) -> str:
+    rid = record.meta.get("id")
+    where = f"line {record.line}" if record.line else f"#{record.index}"
+    return f"{rid!r} ({where})" if rid is not None else where
+
+
+def provenance(probe) -> dict:
+    """Model, tokenizer and library facts recorded in every run file."""
+    import transformers
+
+    from . import __version__
+    from .models import model_fingerprint
+
+    model = probe.model
+    fingerprint, method = model_fingerprint(model)
+    config = model.config
+    return {
+        "model": str(getattr(config, "_name_or_path", "") or type(model).__name__),
+        "model_class": type(model).__name__,
+        "model_type": str(config.model_type),
+        "model_config": config.to_json_string(use_diff=False),
+        "model_fingerprint": fingerprint,
+        "model_fingerprint_method": method,
+        "tokenizer": str(getattr(probe.tokenizer, "name_or_path", "")),
+        "tokenizer_class": type(probe.tokenizer).__name__,
+        "probe_version": __version__,
+        "transformers_version": transformers.__version__,
+        "torch_version": torch.__version__,
+        "h5py_version": __import__("h5py").__version__,
+        "attn_implementation": str(probe._original_impl),
+        "capture_implementation": "probe eager (probe_capture backend)",
+        "model_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _check_resume(f, wanted: dict, path) -> None:
+    diffs = []
+    for name in RESUME_MUST_MATCH:
+        have = f.attrs.get(name)
+        have = have.tolist() if isinstance(have, np.ndarray) else have
+        have = have.item() if isinstance(have, np.generic) else have
+        want = wanted[name]
+        if isinstance(want, (list, tuple)):
+            want = list(want)
+            have = [x.decode() if isinstance(x, bytes) else x for x in (have or [])]
+        if have != want:
+            diffs.append(f"{name}: file has {_short(have)}, this run has {_short(want)}")
+    if diffs:
+        raise InputError(f"cannot resume {path}: settings differ ({'; '.join(diffs)}). Resume "
+                         "with the same settings, or write to a new file")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) < 80 else text[:60] + "...]"
+
+
+class _Writer(threading.Thread):
+    """Writes queued batches in the background so disk I/O overlaps the next forward."""
+
+    def __init__(self, writer: RunWriter, depth: int):
+        super().__init__(name="probe-writer", daemon=True)
+        self.writer = writer
+        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+
+    def run(self):
+        while True:
+            rows = self.queue.get()
+            if rows is None:
+                return
+            if self.error is None:
+                try:
+                    self.writer.append(rows)
+                except BaseException as err:  # surfaced in the main thread
+                    self.error = err
+
+    def put(self, rows):
+        if self.error is not None:
+            raise self.error
+        self.queue.put(rows)
+
+    def stop(self):
+        self.queue.put(None)
+        self.join()
+        if self.error is not None:
+            raise self.error
+
+
+def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: str = "float32",
+                    compression: str | None = None, resume: bool = False, truncate: bool = False,
+                    window: int = 2048, progress: bool = False, input_name: str | None = None,
+                    queue_batches: int = 2):
+    """Capture every record of ``make_records()`` into the run file ``out``; returns the Run.
+
+    ``make_records`` is a zero-argument callable returning a fresh iterator of
+    :class:`~probe.readers.Record` (the input is read twice: once to validate, once to run).
+    """
+    out = os.fspath(out)
+    compression_args(compression)  # validate before any work
+    if dtype not in ("float32", "float16"):
+        raise InputError(f"unknown dtype {dtype!r}: use float32 or float16")
+    if batch_size < 1 or window < 1:
+        raise InputError("batch_size and window must be at least 1")
+    exists = os.path.exists(out)
+    if exists and not resume:
+        raise InputError(f"{out} already exists; pass --resume (resume=True) to continue it, or "
+                         "choose another output path (probe never overwrites a run)")
+    n_examples, input_sha = validate_input(probe, make_records, truncate=truncate, window=window)
+    stored = [names.key(layer, c) for layer, cs in sorted(probe._plan.items())
+              for c in names.COMPONENTS if c in cs]
+    settings = {"keys": list(probe.exposed_keys), "stored_keys": stored, "dtype": dtype,
+                "compression": compression or "none", "truncate": truncate,
+                "batch_size": batch_size, "window": window, "input_sha256": input_sha,
+                "n_examples": n_examples, "input": input_name or "<in-memory texts>"}
+
+    if exists:
+        with open_file(out) as f:
+            from .store import check_schema
+
+            check_schema(f, out)
+            prov = {"model": f.attrs.get("model"),
+                    "model_fingerprint": probe_fingerprint(probe)}
+            _check_resume(f, {**settings, **prov}, out)
+            if bool(f["state/complete"][0]):
+                return open_run(out)
+        writer = RunWriter.reopen(out, dtype=dtype, compression=compression)
+    else:
+        attrs = {**provenance(probe), **settings}
+        attrs["readme"] = _FILE_README
+        sizes = _key_sizes(probe, next(iter(make_records())).text, stored)
+        writer = RunWriter.create(out, attrs, sizes, dtype=dtype, compression=compression,
+                                  n_examples=n_examples)
+
+    done = np.zeros(n_examples, bool)
+    done[writer.done_examples()] = True
+    bar = _progress(progress, n_examples, int(done.sum()))
+    background = _Writer(writer, queue_batches)
+    background.start()
+    max_len = max_length_of(probe.model, probe.tokenizer)
+    try:
+        start = 0
+        for chunk in _windows(make_records(), window):
+            n_chunk = len(chunk)
+            if done[start:start + n_chunk].all():
+                start += n_chunk
+                continue
+            enc = encode(probe.tokenizer, [r.text for r in chunk], max_length=max_len,
+                         truncate=truncate)
+            for rows in batches_by_length([len(x) for x in enc.ids], batch_size):
+                state = done[[start + j for j in rows]]
+                if state.all():
+                    continue
+                if state.any():
+                    raise ProbeError(f"{out} holds part of a batch; the file was not written "
+                                     "by this batch plan. Write to a new file")
+                capture = probe._capture_ids([enc.ids[j] for j in rows])
+                batch_rows = []
+                for pos, j in enumerate(rows):
+                    ex, record = capture[pos], chunk[j]
+                    meta = dict(record.meta)
+                    if enc.truncated[j]:
+                        meta["truncated"] = True
+                    batch_rows.append({"index": start + j, "tokens": ex.tokens,
+                                       "input_ids": ex.input_ids, "text": record.text,
+                                       "meta": meta,
+                                       "arrays": {k: ex._get(k) for k in stored}})
+                background.put(batch_rows)
+                bar.update(len(rows))
+            start += n_chunk
+        background.stop()
+        writer.finish()
+    finally:
+        if background.is_alive():
+            background.stop()
+        writer.close()
+        bar.close()
+    return open_run(out)
+
+
+def probe_fingerprint(probe) -> str:
+    from .models import model_fingerprint
+
+    return model_fingerprint(probe.model)[0]
+
+
+def _key_sizes(probe, text, stored):
+    """Fixed sizes of every stored tensor's axes (0 for token axes), from one forward."""
+    ids = probe.tokenizer([text])["input_ids"][0][:8]
+    capture = probe._capture_ids([ids])
+    ex = capture[0]
+    sizes = {}
+    for key in stored:
+        _, component = names.parse_key(key)
+        shape = ex._get(key).shape
+        sizes[key] = [0 if axis in names.SEQUENCE_AXES else int(s)
+                      for axis, s in zip(names.AXES[component], shape)]
+    return sizes
+
+
+def _progress(enabled, total, initial):
+    if not enabled:
+        return _NoBar()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, unit="ex", desc="capture", smoothing=0.05)
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+_FILE_README = """probe run file (schema probe.run, version 1). Read with h5py alone:
+  n = f['state/n_done'][0]                      # committed rows; ignore anything beyond
+  row = ...                                     # rows are in batch order; f['index/example'][row] is the input index
+  t0, L = f['index/token_start'][row], f['index/n_tokens'][row]
+  ds = f['blocks/3/attn/pattern']               # any key blocks.{l}.attn.{c} -> blocks/{l}/attn/{c}
+  s0 = f['index/' + ds.attrs['unit'] + '_start'][row] * ds.attrs['per_unit']
+  units = L if ds.attrs['unit'] == 'token' else L * L
+  x = ds[s0 : s0 + units * ds.attrs['per_unit']].reshape([s or L for s in ds.attrs['sizes']])
+  # axes of x: ds.attrs['axes']; value_weighted = pattern * value_norm[:, None, :]
+  text = f['examples/text'][a:a+m].tobytes().decode()   # a, m = index/text_start, index/text_len
+  ends = f['tokens/end'][t0-1 : t0+L] (prepend 0 when t0 == 0); token j = tokens/text[ends[j]:ends[j+1]]
+"""

@@ -1,0 +1,512 @@
+"""HDF5 run files: layout, crash-safe writer, lazy reader. The store stores; it computes nothing
+beyond deriving ``value_weighted`` from ``pattern`` and ``value_norm`` on read.
+
+Layout (schema ``probe.run`` version 1; README.md has a full h5py-only example)::
+
+    /                      attrs: provenance and settings (schema, versions, model, dtype, ...)
+    /state/n_done          int64 [1]   rows committed; only rows < n_done are valid
+    /state/complete        int8  [1]   1 once the run finished
+    /index/example         int64 [row] input index of each stored row (rows are in batch order)
+    /index/n_tokens        int32 [row]
+    /index/token_start     int64 [row] first token of the row, in token units
+    /index/square_start    int64 [row] first cell of the row, in n_tokens**2 units
+    /index/text_start, text_len, meta_start, meta_len   int64 [row]  byte ranges
+    /examples/text         uint8 [byte]  UTF-8 texts, concatenated
+    /examples/meta         uint8 [byte]  UTF-8 JSON objects (id and other input fields)
+    /tokens/input_ids      int32 [token] token ids, concatenated
+    /tokens/end            int64 [token] end byte of each token string in /tokens/text
+    /tokens/text           uint8 [byte]  UTF-8 token strings, concatenated
+    /blocks/{l}/attn/{c}   float [elem]  each row's [axes] array, C-order flattened, concatenated;
+                           attrs: axes, sizes (0 = n_tokens), unit ("token" or "square"),
+                           per_unit (elements per unit); row r starts at
+                           {unit}_start[r] * per_unit.
+
+Why this layout (measured, see README): ragged concatenation keeps files free of padding and
+makes one example one contiguous slice per tensor; fixed-type datasets are what HDF5's SWMR
+mode supports, and SWMR keeps the file consistent on disk at every moment, so a run killed at
+any point still opens, with every committed batch intact.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import glob
+import json
+import os
+from collections.abc import Sequence
+
+import h5py
+import numpy as np
+
+from . import names
+from .attention import value_weighted
+from .captures import Capture, Example, KeyedSequence
+from .errors import InputError, ProbeError
+
+SCHEMA = "probe.run"
+SCHEMA_VERSION = 1
+CHUNK_ELEMENTS = 1 << 18  # at most 256 Ki elements a chunk: 512 KiB in float16, 1 MiB in float32
+MIN_CHUNK_ELEMENTS = 1 << 10
+TYPICAL_TOKENS = 32  # for sizing chunks before the lengths are known
+INDEX_FIELDS = ("example", "n_tokens", "token_start", "square_start", "text_start", "text_len",
+                "meta_start", "meta_len")
+BYTE_STREAMS = ("examples/text", "examples/meta", "tokens/text")
+DTYPES = {"float32": np.float32, "float16": np.float16}
+
+
+class SchemaError(ProbeError):
+    """The file is not a probe run of a schema version this code reads."""
+
+
+def dataset_path(key: str) -> str:
+    """HDF5 path of a capture key: ``blocks.3.attn.q -> blocks/3/attn/q``."""
+    layer, component = names.parse_key(key)
+    return f"blocks/{layer}/attn/{component}"
+
+
+def unit_of(component: str) -> str:
+    """``square`` for [head, query, key] tensors, ``token`` for the rest."""
+    axes = names.AXES[component]
+    return "square" if "query" in axes and "key" in axes else "token"
+
+
+def compression_args(compression: str | None) -> dict:
+    """h5py keyword arguments for ``none``, ``lzf``, ``gzip`` or ``gzip-N``."""
+    if compression in (None, "", "none"):
+        return {}
+    if compression == "lzf":
+        return {"compression": "lzf"}
+    if compression.startswith("gzip"):
+        level = int(compression.split("-")[1]) if "-" in compression else 4
+        return {"compression": "gzip", "compression_opts": level, "shuffle": True}
+    raise InputError(f"unknown compression {compression!r}: use none, lzf, gzip or gzip-N (N=1..9)")
+
+
+# ------------------------------------------------------------------------- opening files
+def _hdf5_library():
+    """ctypes handle to the HDF5 library h5py uses (for ``H5Pset``), or None."""
+    base = os.path.dirname(os.path.dirname(h5py.__file__))
+    for pattern in (os.path.join(base, "h5py.libs", "libhdf5-*.so*"),
+                    os.path.join(os.path.dirname(h5py.__file__), ".dylibs", "libhdf5*.dylib")):
+        for path in glob.glob(pattern):
+            if "_hl" not in os.path.basename(path):
+                try:
+                    lib = ctypes.CDLL(path)
+                    lib.H5Pset.argtypes = [ctypes.c_int64, ctypes.c_char_p, ctypes.c_void_p]
+                    return lib
+                except OSError:
+                    continue
+    return None
+
+
+def _open_clearing_flags(path: str, writable: bool) -> h5py.File:
+    """Open a file left 'open for writing' by a killed writer (what ``h5clear -s`` does)."""
+    lib = _hdf5_library()
+    if lib is None:
+        raise ProbeError(f"{path} was left open by a writer that stopped; clear it with "
+                         f"`h5clear -s {path}` (HDF5 tools) and retry")
+    fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
+    fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    flag = ctypes.c_bool(True)
+    if lib.H5Pset(fapl.id, b"clear_status_flags", ctypes.byref(flag)) < 0:
+        raise ProbeError(f"could not clear the status flags of {path}; run `h5clear -s {path}`")
+    # writable: straight into SWMR-write mode, so even the resume's first steps keep the file
+    # consistent on disk
+    mode = (h5py.h5f.ACC_RDWR | h5py.h5f.ACC_SWMR_WRITE) if writable else h5py.h5f.ACC_RDONLY
+    return h5py.File(h5py.h5f.open(os.fsencode(path), mode, fapl=fapl))
+
+
+def open_file(path, writable: bool = False) -> h5py.File:
+    """Open a run file in every state it can be in: finished, being written (SWMR), or left
+    behind by a killed writer."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise InputError(f"run file {path} does not exist")
+    if writable and _hdf5_library() is not None:
+        if not h5py.is_hdf5(path):
+            raise InputError(f"{path} is not an HDF5 file; probe will not write to it")
+        return _open_clearing_flags(path, writable=True)
+    try:
+        return h5py.File(path, "r+" if writable else "r", libver="latest" if writable else None)
+    except OSError as err:
+        if "already open" not in str(err) and "consistency flags" not in str(err):
+            if writable:
+                raise InputError(f"{path} cannot be opened as an HDF5 file for writing: {err}") from None
+            raise SchemaError(f"{path} is not a readable HDF5 file ({err})") from None
+    if not writable:
+        try:
+            return h5py.File(path, "r", libver="latest", swmr=True)
+        except OSError:
+            pass
+    return _open_clearing_flags(path, writable)
+
+
+def check_schema(f: h5py.File, path) -> None:
+    schema = f.attrs.get("schema")
+    version = f.attrs.get("schema_version")
+    if schema != SCHEMA:
+        raise SchemaError(f"{path} is not a probe run file (schema attribute {schema!r}, "
+                          f"expected {SCHEMA!r})")
+    if version != SCHEMA_VERSION:
+        raise SchemaError(f"{path} has schema version {version}; this probe ({SCHEMA_VERSION}) "
+                          "cannot read it. Open it with the probe version that wrote it "
+                          f"(probe_version={f.attrs.get('probe_version')!r}) or re-run the capture")
+
+
+# ------------------------------------------------------------------------- writing
+class RunWriter:
+    """Append batches of examples to a run file; each batch is committed atomically.
+
+    Commit protocol: write every dataset of the batch, flush, then advance
+    ``/state/n_done`` and flush again. The file is in SWMR mode, whose ordered metadata writes
+    keep it consistent on disk, so after a crash every row below ``n_done`` is intact.
+    """
+
+    def __init__(self, f: h5py.File, dtype: str, compression: str | None):
+        self.f = f
+        self.dtype = DTYPES[dtype]
+        self.compression = compression
+        self._load_cursor()
+
+    # creation ---------------------------------------------------------------
+    @classmethod
+    def create(cls, path, attrs: dict, key_specs: dict, *, dtype: str, compression: str | None,
+               n_examples: int = 1 << 20):
+        """New file with every dataset created up front (SWMR allows no new objects later).
+
+        ``key_specs`` maps stored keys to their fixed sizes per axis (0 for the token axes).
+        Chunks are sized for about 64 chunks per dataset over ``n_examples`` examples, between
+        4 Ki and 256 Ki elements, so small runs stay small and large ones read fast.
+        """
+        if dtype not in DTYPES:
+            raise InputError(f"unknown dtype {dtype!r}: use float32 or float16")
+        comp = compression_args(compression)
+        # built under a temporary name and linked into place once in SWMR mode, so a crash
+        # during creation never leaves a half-made run at `path`
+        final, path = os.fspath(path), f"{os.fspath(path)}.creating-{os.getpid()}"
+        f = h5py.File(path, "w-", libver="latest")
+        try:
+            for k, v in attrs.items():
+                f.attrs[k] = _attr_value(v)
+            f.attrs["schema"] = SCHEMA
+            f.attrs["schema_version"] = SCHEMA_VERSION
+            f.create_dataset("state/n_done", data=np.zeros(1, np.int64))
+            f.create_dataset("state/complete", data=np.zeros(1, np.int8))
+            for name in INDEX_FIELDS:
+                f.create_dataset(f"index/{name}", shape=(0,), maxshape=(None,),
+                                 dtype=np.int32 if name == "n_tokens" else np.int64,
+                                 chunks=(1 << 11,))
+            for name in BYTE_STREAMS:
+                f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.uint8,
+                                 chunks=(1 << 13,))
+            f.create_dataset("tokens/input_ids", shape=(0,), maxshape=(None,), dtype=np.int32,
+                             chunks=(1 << 12,))
+            f.create_dataset("tokens/end", shape=(0,), maxshape=(None,), dtype=np.int64,
+                             chunks=(1 << 12,))
+            for key, sizes in key_specs.items():
+                _, component = names.parse_key(key)
+                per_unit = int(np.prod([s for s in sizes if s]))
+                per_example = per_unit * TYPICAL_TOKENS ** (2 if unit_of(component) == "square" else 1)
+                chunk = 1 << int(np.ceil(np.log2(max(n_examples * per_example / 64, 1))))
+                chunk = int(np.clip(chunk, MIN_CHUNK_ELEMENTS, CHUNK_ELEMENTS))
+                ds = f.create_dataset(dataset_path(key), shape=(0,), maxshape=(None,),
+                                      dtype=DTYPES[dtype], chunks=(chunk,), **comp)
+                ds.attrs["axes"] = _attr_value(list(names.AXES[component]))
+                ds.attrs["sizes"] = list(sizes)
+                ds.attrs["unit"] = unit_of(component)
+                ds.attrs["per_unit"] = per_unit
+            f.flush()
+            f.swmr_mode = True
+            try:
+                os.link(path, final)  # fails if `final` appeared meanwhile: never overwrite
+            except FileExistsError:
+                raise InputError(f"{final} already exists; probe never overwrites a run") from None
+            except OSError:  # a file system without hard links
+                if os.path.exists(final):
+                    raise InputError(f"{final} already exists; probe never overwrites a run") from None
+                os.rename(path, final)
+            finally:
+                if os.path.exists(path):
+                    os.unlink(path)
+        except BaseException:
+            f.close()
+            if os.path.exists(path):
+                os.unlink(path)
+            raise
+        return cls(f, dtype, compression)
+
+    @classmethod
+    def reopen(cls, path, *, dtype: str, compression: str | None):
+        """Reopen an unfinished run for appending; rows past the last commit are dropped."""
+        f = open_file(path, writable=True)
+        check_schema(f, path)
+        writer = cls(f, dtype, compression)
+        writer._truncate_to_commit()
+        f.flush()
+        if not f.swmr_mode:
+            f.swmr_mode = True
+        return writer
+
+    # state ------------------------------------------------------------------
+    def _load_cursor(self):
+        f = self.f
+        self.n_done = int(f["state/n_done"][0])
+        self.stored_keys = sorted(_stored_keys(f))
+        if self.n_done == 0:
+            self.token_cursor = self.square_cursor = 0
+            self.byte_cursor = {"examples/text": 0, "examples/meta": 0, "tokens/text": 0}
+            return
+        last = self.n_done - 1
+        ix = {name: int(f[f"index/{name}"][last]) for name in INDEX_FIELDS}
+        n = ix["n_tokens"]
+        self.token_cursor = ix["token_start"] + n
+        self.square_cursor = ix["square_start"] + n * n
+        token_bytes = int(f["tokens/end"][self.token_cursor - 1]) if self.token_cursor else 0
+        self.byte_cursor = {"examples/text": ix["text_start"] + ix["text_len"],
+                            "examples/meta": ix["meta_start"] + ix["meta_len"],
+                            "tokens/text": token_bytes}
+
+    def _truncate_to_commit(self):
+        f = self.f
+        for name in INDEX_FIELDS:
+            f[f"index/{name}"].resize((self.n_done,))
+        for name, end in self.byte_cursor.items():
+            f[name].resize((end,))
+        f["tokens/input_ids"].resize((self.token_cursor,))
+        f["tokens/end"].resize((self.token_cursor,))
+        for key in self.stored_keys:
+            ds = f[dataset_path(key)]
+            units = self.token_cursor if ds.attrs["unit"] == "token" else self.square_cursor
+            ds.resize((units * int(ds.attrs["per_unit"]),))
+
+    def done_examples(self) -> np.ndarray:
+        """Input indices of the committed rows."""
+        return self.f["index/example"][: self.n_done]
+
+    # appending --------------------------------------------------------------
+    def append(self, rows: list[dict]) -> None:
+        """Write and commit one batch. Each row: index, tokens, input_ids, text, meta, arrays."""
+        f = self.f
+        n = np.array([len(r["tokens"]) for r in rows], np.int64)
+        token_start = self.token_cursor + np.concatenate([[0], np.cumsum(n)[:-1]])
+        square_start = self.square_cursor + np.concatenate([[0], np.cumsum(n * n)[:-1]])
+        texts = [r["text"].encode("utf-8") for r in rows]
+        metas = [json.dumps(r["meta"], ensure_ascii=False, default=str).encode("utf-8")
+                 for r in rows]
+        token_strings = [t.encode("utf-8") for r in rows for t in r["tokens"]]
+        text_start = self.byte_cursor["examples/text"] + _starts(texts)
+        meta_start = self.byte_cursor["examples/meta"] + _starts(metas)
+        token_end = self.byte_cursor["tokens/text"] + np.cumsum([len(t) for t in token_strings])
+
+        for key in self.stored_keys:
+            parts = [np.ascontiguousarray(r["arrays"][key], dtype=self.dtype).ravel() for r in rows]
+            _append(f[dataset_path(key)], np.concatenate(parts))
+        _append(f["tokens/input_ids"], np.concatenate([np.asarray(r["input_ids"], np.int32)
+                                                       for r in rows]))
+        _append(f["tokens/end"], token_end.astype(np.int64))
+        _append(f["tokens/text"], np.frombuffer(b"".join(token_strings), np.uint8))
+        _append(f["examples/text"], np.frombuffer(b"".join(texts), np.uint8))
+        _append(f["examples/meta"], np.frombuffer(b"".join(metas), np.uint8))
+        index = {"example": [r["index"] for r in rows], "n_tokens": n,
+                 "token_start": token_start, "square_start": square_start,
+                 "text_start": text_start, "text_len": [len(t) for t in texts],
+                 "meta_start": meta_start, "meta_len": [len(m) for m in metas]}
+        for name in INDEX_FIELDS:
+            ds = f[f"index/{name}"]
+            _append(ds, np.asarray(index[name], dtype=ds.dtype))
+        f.flush()
+        # commit
+        self.n_done += len(rows)
+        f["state/n_done"][0] = self.n_done
+        f.flush()
+        self.token_cursor += int(n.sum())
+        self.square_cursor += int((n * n).sum())
+        self.byte_cursor["examples/text"] += sum(len(t) for t in texts)
+        self.byte_cursor["examples/meta"] += sum(len(m) for m in metas)
+        self.byte_cursor["tokens/text"] += sum(len(t) for t in token_strings)
+
+    def finish(self) -> None:
+        self.f["state/complete"][0] = 1
+        self.f.flush()
+
+    def close(self) -> None:
+        if self.f.id.valid:
+            self.f.close()
+
+
+def _attr_value(value):
+    """Attributes as h5py stores them: lists of strings become variable-length string arrays."""
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return np.array(list(value), dtype=h5py.string_dtype())
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return str(value)  # plain str: h5py cannot store str subclasses (e.g. TorchVersion)
+    return value
+
+
+def _starts(chunks) -> np.ndarray:
+    lengths = np.array([len(c) for c in chunks], np.int64)
+    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+
+
+def _append(ds, data: np.ndarray) -> None:
+    old = ds.shape[0]
+    ds.resize((old + data.shape[0],))
+    if data.shape[0]:
+        ds[old:] = data
+
+
+def _stored_keys(f: h5py.File) -> list[str]:
+    keys = []
+    if "blocks" not in f:
+        return keys
+    for layer in f["blocks"]:
+        for component in f[f"blocks/{layer}/attn"]:
+            keys.append(names.key(int(layer), component))
+    return keys
+
+
+# ------------------------------------------------------------------------- reading
+class Run(KeyedSequence):
+    """A run file opened lazily, with the interface of a live :class:`~probe.captures.Capture`.
+
+    ``run[i]`` is the i-th committed example in input order (``ex.index`` is its input
+    index); tensors are read from disk when indexed and returned as float32 numpy arrays
+    (stored float16 is widened). Use as a context manager or call :meth:`close`.
+    """
+
+    def __init__(self, path, *, layers=None, components=None):
+        self.path = os.fspath(path)
+        self.f = open_file(self.path)
+        try:
+            check_schema(self.f, self.path)
+            self.attrs = {k: _attr(v) for k, v in self.f.attrs.items()}
+            self._load_index()
+        except BaseException:
+            self.f.close()
+            raise
+        self.keys = tuple(self.attrs["keys"])
+        if layers is not None or components is not None:
+            self.keys = self.select(layers=layers, components=components).keys
+
+    def _load_index(self):
+        f = self.f
+        if f.swmr_mode:
+            for ds in [f["state/n_done"], f["state/complete"], *[f[f"index/{n}"] for n in INDEX_FIELDS]]:
+                ds.refresh()
+        self.n_done = int(f["state/n_done"][0])
+        self.complete = bool(f["state/complete"][0])
+        self.index = {name: f[f"index/{name}"][: self.n_done] for name in INDEX_FIELDS}
+        self._order = np.argsort(self.index["example"], kind="stable")
+
+    def refresh(self) -> None:
+        """Re-read the commit state (for a run still being written)."""
+        self._load_index()
+
+    def __len__(self) -> int:
+        return self.n_done
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return Capture([self[j] for j in range(*i.indices(len(self)))], self.keys)
+        if not -len(self) <= i < len(self):
+            raise IndexError(f"example {i} out of range: the run holds {len(self)} examples")
+        return self._example(int(self._order[i]))
+
+    def _read(self, name, start, stop):
+        return self.f[name][start:stop]
+
+    def _example(self, row: int) -> Example:
+        ix = {name: int(self.index[name][row]) for name in INDEX_FIELDS}
+        n = ix["n_tokens"]
+        t0 = ix["token_start"]
+        ends = self._read("tokens/end", max(t0 - 1, 0), t0 + n)
+        if t0 == 0:
+            ends = np.concatenate([[0], ends])
+        raw = self._read("tokens/text", int(ends[0]), int(ends[-1])).tobytes()
+        local = ends - ends[0]
+        tokens = [raw[local[j]:local[j + 1]].decode("utf-8") for j in range(n)]
+        text = self._read("examples/text", ix["text_start"],
+                          ix["text_start"] + ix["text_len"]).tobytes().decode("utf-8")
+        meta = json.loads(self._read("examples/meta", ix["meta_start"],
+                                     ix["meta_start"] + ix["meta_len"]).tobytes().decode("utf-8"))
+        input_ids = self._read("tokens/input_ids", t0, t0 + n)
+        starts = {"token": t0, "square": ix["square_start"]}
+
+        def get(key):
+            ds = self.f[dataset_path(key)]
+            per_unit = int(ds.attrs["per_unit"])
+            units = n if ds.attrs["unit"] == "token" else n * n
+            start = starts[ds.attrs["unit"]] * per_unit
+            flat = ds[start: start + units * per_unit]
+            shape = [s if s else n for s in ds.attrs["sizes"]]
+            return flat.reshape(shape).astype(np.float32, copy=False)
+
+        return Example(tokens, self.keys, get, text=text, input_ids=input_ids, meta=meta,
+                       index=ix["example"])
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
+
+    def select(self, *, layers=None, components=None) -> Capture:
+        """A lazy view with only the given layers and components (as ``Capture.select``)."""
+        return Capture(_LazyExamples(self), self.keys).select(layers=layers, components=components)
+
+    def close(self) -> None:
+        if self.f.id.valid:
+            self.f.close()
+
+    def __enter__(self) -> Run:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "complete" if self.complete else "incomplete"
+        return (f"Run({self.path!r}, {len(self)} examples, {state}, layers {list(self.layers)}, "
+                f"components {list(self.components)})")
+
+
+class _LazyExamples(Sequence):
+    """Examples of a run materialised on access (keeps select() lazy for big runs)."""
+
+    def __init__(self, run: Run):
+        self.run = run
+
+    def __len__(self):
+        return len(self.run)
+
+    def __getitem__(self, i):
+        if isinstance(i, slice):
+            return [self.run[j] for j in range(*i.indices(len(self)))]
+        return self.run[i]
+
+
+def _attr(value):
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray):
+        return [_attr(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def open_run(path, *, layers=None, components=None) -> Run:
+    """Open a run file for offline analysis (no model needed).
+
+    >>> import tempfile, os
+    >>> from probe import AttentionProbe, load_model, open_run
+    >>> model, tokenizer = load_model()
+    >>> path = os.path.join(tempfile.mkdtemp(), "run.h5")
+    >>> with AttentionProbe(model, tokenizer, keys=["pattern"]) as p:
+    ...     run = p.run(["A robin is a bird.", "A robin is not a bird."], out=path)
+    >>> run.close()
+    >>> with open_run(path) as run:
+    ...     run[1].tokens[4], run[1]["blocks.3.attn.pattern"].shape
+    ('not', (12, 9, 9))
+    """
+    return Run(path, layers=layers, components=components)
