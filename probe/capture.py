@@ -305,7 +305,7 @@ class AttentionProbe:
                       for row, (a, b) in enumerate(spans)]
         batch_capture = CapturedBatch(arrays, spans, tokens, keys=self.exposed_keys, input_ids=ids)
         self.captures.append(Capture([batch_capture.example(i) for i in range(batch)],
-                                     self.exposed_keys))
+                                     self.exposed_keys, batch=batch_capture))
         return None
 
     # ----------------------------------------------------------------- user API

@@ -127,17 +127,25 @@ class _Writer(threading.Thread):
     def __init__(self, writer: RunWriter, depth: int):
         super().__init__(name="probe-writer", daemon=True)
         self.writer = writer
+        self.np_dtype = writer.dtype
         self.queue: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
 
     def run(self):
+        # one intra-op thread here (the setting is per thread): a second full OpenMP team
+        # would oversubscribe the cores the forward pass is using
+        torch.set_num_threads(1)
         while True:
-            rows = self.queue.get()
-            if rows is None:
+            item = self.queue.get()
+            if item is None:
                 return
             if self.error is None:
                 try:
-                    self.writer.append(rows)
+                    rows, batch = item
+                    # packing (cast + gather, torch ops that release the GIL) runs here, in
+                    # parallel with the next forward pass
+                    packed = {k: batch.packed(k, self.np_dtype) for k in self.writer.stored_keys}
+                    self.writer.append(rows, packed)
                 except BaseException as err:  # surfaced in the main thread
                     self.error = err
 
@@ -229,9 +237,8 @@ def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: st
                         meta["truncated"] = True
                     batch_rows.append({"index": start + j, "tokens": ex.tokens,
                                        "input_ids": ex.input_ids, "text": record.text,
-                                       "meta": meta,
-                                       "arrays": {k: ex._get(k) for k in stored}})
-                background.put(batch_rows)
+                                       "meta": meta})
+                background.put((batch_rows, capture.batch))
                 bar.update(len(rows))
             start += n_chunk
         background.stop()
