@@ -80,7 +80,8 @@ def cmd_capture(args) -> int:
         run = capture_to_file(p, lambda: iter_records(path), out, batch_size=args.batch_size,
                               dtype=args.dtype, compression=args.compression,
                               resume=args.resume, truncate=args.truncate, window=args.window,
-                              progress=not args.quiet, input_name=f"{path} ({input_format(path)})")
+                              progress=not args.quiet, input_name=f"{path} ({input_format(path)})",
+                              shard=args.shard)
     with run:
         size = out.stat().st_size
         print(f"{out}: {len(run)} examples, {run.attrs['n_examples']} in the input, "
@@ -88,6 +89,16 @@ def cmd_capture(args) -> int:
               f"({size / max(len(run), 1) / 1e3:.1f} kB per example); layers "
               f"{list(run.layers)}, components {', '.join(run.components)}; dtype "
               f"{run.attrs['dtype']}, compression {run.attrs['compression']}")
+    return 0
+
+
+def cmd_combine(args) -> int:
+    from .store import combine, open_run
+
+    combine(args.shards, args.out, allow_incomplete=args.allow_incomplete)
+    with open_run(args.out) as run:
+        print(f"{args.out}: {len(run)} examples from {len(args.shards)} shards, "
+              f"{'complete' if run.complete else 'incomplete'}")
     return 0
 
 
@@ -116,8 +127,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="cut texts longer than the model's maximum instead of refusing them")
     cap.add_argument("--window", type=int, default=2048,
                      help="inputs sorted by length together (part of the batch plan)")
+    cap.add_argument("--shard", default=None, metavar="K/N",
+                     help="capture only input windows w with w %% N == K (one of N processes); "
+                     "join the N files with `probe combine`")
     cap.add_argument("--quiet", action="store_true", help="no progress bar")
     cap.set_defaults(func=cmd_capture)
+
+    comb = sub.add_parser("combine", help="join shard files of one run into a single run file")
+    comb.add_argument("shards", nargs="+", help="shard files written with --shard K/N")
+    comb.add_argument("--out", required=True, help="the combined run file to write")
+    comb.add_argument("--allow-incomplete", action="store_true",
+                      help="combine the committed rows of unfinished shards too")
+    comb.set_defaults(func=cmd_combine)
     return parser
 
 

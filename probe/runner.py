@@ -29,7 +29,7 @@ from .store import RunWriter, compression_args, open_file, open_run
 
 #: settings that must be equal to resume a run
 RESUME_MUST_MATCH = ("model", "model_fingerprint", "keys", "dtype", "compression", "truncate",
-                     "batch_size", "window", "input_sha256", "n_examples")
+                     "batch_size", "window", "input_sha256", "n_examples", "shard")
 
 
 def _windows(records, window):
@@ -161,15 +161,37 @@ class _Writer(threading.Thread):
             raise self.error
 
 
+def parse_shard(shard) -> tuple[int, int]:
+    """``"K/N"`` or ``(K, N)`` -> ``(K, N)`` with 0 <= K < N.
+
+    >>> parse_shard("1/4")
+    (1, 4)
+    """
+    if shard is None:
+        return 0, 1
+    try:
+        k, n = (shard.split("/") if isinstance(shard, str) else shard)
+        k, n = int(k), int(n)
+    except (ValueError, TypeError):
+        raise InputError(f"shard {shard!r}: expected K/N, e.g. 0/4") from None
+    if not 0 <= k < n:
+        raise InputError(f"shard {shard!r}: K must be in 0..N-1")
+    return k, n
+
+
 def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: str = "float32",
                     compression: str | None = None, resume: bool = False, truncate: bool = False,
                     window: int = 2048, progress: bool = False, input_name: str | None = None,
-                    queue_batches: int = 2):
+                    queue_batches: int = 2, shard=None):
     """Capture every record of ``make_records()`` into the run file ``out``; returns the Run.
 
     ``make_records`` is a zero-argument callable returning a fresh iterator of
     :class:`~probe.readers.Record` (the input is read twice: once to validate, once to run).
+    ``shard="K/N"`` captures only input windows w with w % N == K: N processes with
+    K = 0..N-1 cover the input with exactly the batches of an unsharded run, and
+    :func:`probe.store.combine` joins their files.
     """
+    shard_k, shard_n = parse_shard(shard)
     out = os.fspath(out)
     compression_args(compression)  # validate before any work
     if dtype not in ("float32", "float16"):
@@ -186,7 +208,8 @@ def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: st
     settings = {"keys": list(probe.exposed_keys), "stored_keys": stored, "dtype": dtype,
                 "compression": compression or "none", "truncate": truncate,
                 "batch_size": batch_size, "window": window, "input_sha256": input_sha,
-                "n_examples": n_examples, "input": input_name or "<in-memory texts>"}
+                "n_examples": n_examples, "input": input_name or "<in-memory texts>",
+                "shard": f"{shard_k}/{shard_n}"}
 
     if exists:
         with open_file(out) as f:
@@ -208,15 +231,18 @@ def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: st
 
     done = np.zeros(n_examples, bool)
     done[writer.done_examples()] = True
-    bar = _progress(progress, n_examples, int(done.sum()))
+    mine = np.zeros(n_examples, bool)
+    for w in range(shard_k, -(-n_examples // window), shard_n):
+        mine[w * window:(w + 1) * window] = True
+    bar = _progress(progress, int(mine.sum()), int((done & mine).sum()))
     background = _Writer(writer, queue_batches)
     background.start()
     max_len = max_length_of(probe.model, probe.tokenizer)
     try:
         start = 0
-        for chunk in _windows(make_records(), window):
+        for number, chunk in enumerate(_windows(make_records(), window)):
             n_chunk = len(chunk)
-            if done[start:start + n_chunk].all():
+            if number % shard_n != shard_k or done[start:start + n_chunk].all():
                 start += n_chunk
                 continue
             enc = encode(probe.tokenizer, [r.text for r in chunk], max_length=max_len,

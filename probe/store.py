@@ -401,6 +401,7 @@ class Run(KeyedSequence):
     def __init__(self, path, *, layers=None, components=None):
         self.path = os.fspath(path)
         self.f = open_file(self.path)
+        self._handles: dict = {}
         try:
             check_schema(self.f, self.path)
             self.attrs = {k: _attr(v) for k, v in self.f.attrs.items()}
@@ -436,8 +437,30 @@ class Run(KeyedSequence):
             raise IndexError(f"example {i} out of range: the run holds {len(self)} examples")
         return self._example(int(self._order[i]))
 
+    def _dataset(self, name):
+        """(dataset, unit, per_unit, sizes), looked up once: h5py lookups of groups and
+        attributes cost more than the reads of one example."""
+        entry = self._handles.get(name)
+        if entry is None:
+            ds = self.f[name]
+            if name.startswith("blocks/"):
+                entry = (ds, str(_attr(ds.attrs["unit"])), int(ds.attrs["per_unit"]),
+                         [int(x) for x in ds.attrs["sizes"]])
+            else:
+                entry = (ds, None, 1, None)
+            self._handles[name] = entry
+        return entry
+
     def _read(self, name, start, stop):
-        return self.f[name][start:stop]
+        """``ds[start:stop]`` through h5py's low-level read (a fifth of the Python cost)."""
+        ds = self._dataset(name)[0]
+        count = int(stop) - int(start)
+        out = np.empty(count, dtype=ds.dtype)
+        if count:
+            file_space = ds.id.get_space()
+            file_space.select_hyperslab((int(start),), (count,))
+            ds.id.read(h5py.h5s.create_simple((count,)), file_space, out)
+        return out
 
     def _example(self, row: int) -> Example:
         ix = {name: int(self.index[name][row]) for name in INDEX_FIELDS}
@@ -457,13 +480,12 @@ class Run(KeyedSequence):
         starts = {"token": t0, "square": ix["square_start"]}
 
         def get(key):
-            ds = self.f[dataset_path(key)]
-            per_unit = int(ds.attrs["per_unit"])
-            units = n if ds.attrs["unit"] == "token" else n * n
-            start = starts[ds.attrs["unit"]] * per_unit
-            flat = ds[start: start + units * per_unit]
-            shape = [s if s else n for s in ds.attrs["sizes"]]
-            return flat.reshape(shape).astype(np.float32, copy=False)
+            name = dataset_path(key)
+            _, unit, per_unit, sizes = self._dataset(name)
+            units = n if unit == "token" else n * n
+            start = starts[unit] * per_unit
+            flat = self._read(name, start, start + units * per_unit)
+            return flat.reshape([s if s else n for s in sizes]).astype(np.float32, copy=False)
 
         return Example(tokens, self.keys, get, text=text, input_ids=input_ids, meta=meta,
                        index=ix["example"])
@@ -532,3 +554,133 @@ def open_run(path, *, layers=None, components=None) -> Run:
     ('not', (12, 9, 9))
     """
     return Run(path, layers=layers, components=components)
+
+
+# ------------------------------------------------------------------------- shards
+#: settings every shard of one run shares
+RUN_IDENTITY = ("model", "model_fingerprint", "keys", "stored_keys", "dtype", "compression",
+                "truncate", "batch_size", "window", "input_sha256", "n_examples")
+
+
+def combine(shards, out, *, allow_incomplete: bool = False) -> None:
+    """Join shard files of one run (``probe capture --shard K/N``) into the run file ``out``.
+
+    The index, token and text streams are copied (offsets shifted); the tensors become HDF5
+    virtual datasets over the shards' committed extents, so nothing large is copied and
+    ``out`` must stay beside the shard files (their paths are stored relative to it).
+    """
+    out = os.fspath(out)
+    if os.path.exists(out):
+        raise InputError(f"{out} already exists; probe never overwrites a run")
+    if not shards:
+        raise InputError("no shard files given")
+    parts = [_shard_info(os.fspath(p)) for p in shards]
+    first = parts[0]
+    for part in parts[1:]:
+        diffs = [name for name in RUN_IDENTITY if part["attrs"].get(name) != first["attrs"].get(name)]
+        if diffs:
+            raise InputError(f"{part['path']} is not a shard of the same run as {first['path']} "
+                             f"(differs in {', '.join(diffs)})")
+    counts = {p["attrs"].get("shard", "0/1").split("/")[1] for p in parts}
+    ks = [p["attrs"].get("shard", "0/1").split("/")[0] for p in parts]
+    if len(counts) != 1 or len(set(ks)) != len(ks):
+        raise InputError(f"shards must be distinct parts K/N of one split; got "
+                         f"{', '.join(p['attrs'].get('shard', '?') for p in parts)}")
+    n_total = int(counts.pop())
+    unfinished = [p["path"] for p in parts if not p["complete"]]
+    if (unfinished or len(parts) != n_total) and not allow_incomplete:
+        missing = sorted(set(map(str, range(n_total))) - set(ks))
+        raise InputError(f"run is not complete: unfinished shards {unfinished or 'none'}, missing "
+                         f"shards {missing or 'none'}; finish them (--resume) or pass "
+                         "--allow-incomplete")
+    examples = np.concatenate([p["index"]["example"] for p in parts])
+    if len(np.unique(examples)) != len(examples):
+        raise InputError("shards overlap: some examples appear in more than one shard")
+
+    base = os.path.dirname(os.path.abspath(out))
+    tmp = f"{out}.creating-{os.getpid()}"
+    with h5py.File(tmp, "w-", libver="latest") as f:
+        for k, v in first["attrs"].items():
+            f.attrs[k] = _attr_value(v)
+        f.attrs["shard"] = "combined"
+        f.attrs["shards"] = _attr_value([os.path.relpath(os.path.abspath(p["path"]), base)
+                                         for p in parts])
+        f.attrs["created"] = _dt_now()
+        n_rows = sum(p["n"] for p in parts)
+        f.create_dataset("state/n_done", data=np.array([n_rows], np.int64))
+        complete = not unfinished and len(parts) == n_total
+        f.create_dataset("state/complete", data=np.array([int(complete)], np.int8))
+        shift = {"token": 0, "square": 0, "examples/text": 0, "examples/meta": 0, "tokens/text": 0}
+        index = {name: [] for name in INDEX_FIELDS}
+        streams = {name: [] for name in (*BYTE_STREAMS, "tokens/input_ids", "tokens/end")}
+        for p in parts:
+            ix = p["index"]
+            for name in INDEX_FIELDS:
+                values = ix[name].astype(np.int64)
+                offset = {"token_start": shift["token"], "square_start": shift["square"],
+                          "text_start": shift["examples/text"],
+                          "meta_start": shift["examples/meta"]}.get(name, 0)
+                index[name].append(values + offset)
+            with open_file(p["path"]) as g:
+                for name in BYTE_STREAMS:
+                    streams[name].append(g[name][: p["extent"][name]])
+                streams["tokens/input_ids"].append(g["tokens/input_ids"][: p["extent"]["token"]])
+                streams["tokens/end"].append(g["tokens/end"][: p["extent"]["token"]]
+                                             + shift["tokens/text"])
+            for name in shift:
+                shift[name] += p["extent"][name]
+        for name in INDEX_FIELDS:
+            f.create_dataset(f"index/{name}", data=np.concatenate(index[name]).astype(
+                np.int32 if name == "n_tokens" else np.int64))
+        for name, chunks in streams.items():
+            f.create_dataset(name, data=np.concatenate(chunks))
+        for key in first["attrs"]["stored_keys"]:
+            path = dataset_path(key)
+            sizes, unit, per_unit = first["layout"][key]
+            lengths = [p["extent"][unit] * per_unit for p in parts]
+            layout = h5py.VirtualLayout(shape=(sum(lengths),), dtype=DTYPES[first["attrs"]["dtype"]])
+            at = 0
+            for p, length in zip(parts, lengths):
+                if length:
+                    rel = os.path.relpath(os.path.abspath(p["path"]), base)
+                    layout[at:at + length] = h5py.VirtualSource(rel, path, shape=(p["full"][key],))[:length]
+                at += length
+            ds = f.create_virtual_dataset(path, layout, fillvalue=np.nan)
+            _, component = names.parse_key(key)
+            ds.attrs["axes"] = _attr_value(list(names.AXES[component]))
+            ds.attrs["sizes"] = list(sizes)
+            ds.attrs["unit"] = unit
+            ds.attrs["per_unit"] = per_unit
+    os.link(tmp, out)
+    os.unlink(tmp)
+
+
+def _dt_now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _shard_info(path: str) -> dict:
+    with open_file(path) as f:
+        check_schema(f, path)
+        n = int(f["state/n_done"][0])
+        index = {name: f[f"index/{name}"][:n] for name in INDEX_FIELDS}
+        info = {"path": path, "n": n, "complete": bool(f["state/complete"][0]), "index": index,
+                "attrs": {k: _attr(v) for k, v in f.attrs.items()}, "layout": {}, "full": {}}
+        if n:
+            last = {name: int(v[-1]) for name, v in index.items()}
+            tokens = last["token_start"] + last["n_tokens"]
+            extent = {"token": tokens, "square": last["square_start"] + last["n_tokens"] ** 2,
+                      "examples/text": last["text_start"] + last["text_len"],
+                      "examples/meta": last["meta_start"] + last["meta_len"],
+                      "tokens/text": int(f["tokens/end"][tokens - 1]) if tokens else 0}
+        else:
+            extent = dict.fromkeys(("token", "square", *BYTE_STREAMS), 0)
+        info["extent"] = extent
+        for key in info["attrs"]["stored_keys"]:
+            ds = f[dataset_path(key)]
+            info["layout"][key] = ([int(s) for s in ds.attrs["sizes"]], str(_attr(ds.attrs["unit"])),
+                                   int(ds.attrs["per_unit"]))
+            info["full"][key] = ds.shape[0]
+    return info

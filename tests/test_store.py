@@ -229,3 +229,24 @@ def test_cli_capture_to_file_and_errors(tmp_path, tiny_model_dir):
     missing = subprocess.run(cmd[:4] + [str(tmp_path / "nope.txt")] + cmd[5:], capture_output=True,
                              text=True)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def test_readme_h5py_recipe_runs_verbatim(minilm, tmp_path, monkeypatch):
+    """The README's h5py-only snippet, executed as written, reads what the live capture has."""
+    import re
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme.split("Reading example `row` with h5py alone:")[1]
+    code = re.search(r"```python\n(.*?)```", block, re.S).group(1)
+    model, tokenizer = minilm
+    texts = [f"Sentence {i} is {'not ' * (i % 2)}short." for i in range(9)]
+    with AttentionProbe(model, tokenizer, layers=[3], keys=["pattern"]) as p:
+        live = p.run(texts, batch_size=4)
+        p.run(texts, batch_size=4, out=tmp_path / "run.h5").close()
+    monkeypatch.chdir(tmp_path)
+    scope: dict = {}
+    exec(code, scope)
+    scope["f"].close()
+    assert scope["tokens"] == live[7].tokens and scope["text"] == texts[7]
+    np.testing.assert_array_equal(scope["pattern"], live[7]["blocks.3.attn.pattern"])
