@@ -54,9 +54,12 @@ class Example(Mapping):
             raise KeyError(f"{key!r} was not captured; captured keys are e.g. "
                            f"{', '.join(self._keys[:4])} ...")
         layer, component = names.parse_key(key)
-        if component == "value_weighted":
-            return value_weighted(self._get(names.key(layer, "pattern")),
-                                  self._get(names.key(layer, "value_norm")))
+        if component in names.DERIVED:
+            try:
+                return self._get(key)  # a source that holds it directly
+            except KeyError:
+                return value_weighted(self._get(names.key(layer, "pattern")),
+                                      self._get(names.key(layer, "value_norm")))
         return self._get(key)
 
     def __iter__(self) -> Iterator[str]:

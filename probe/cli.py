@@ -92,6 +92,80 @@ def cmd_capture(args) -> int:
     return 0
 
 
+def _study(args, pairs_path: Path, baseline_path: Path | None, title: str) -> int:
+    import time
+
+    from .capture import AttentionProbe
+    from .models import load_model
+    from .pairs import load_pairs
+    from .store import open_run
+    from .study import STUDY_COMPONENTS, analyze, capture_pairs, study_dir_run, write_settings
+
+    out = Path(args.out)
+    sets = {"pairs": load_pairs(pairs_path)}
+    if baseline_path is not None:
+        sets["baseline"] = load_pairs(baseline_path)
+    out.mkdir(parents=True, exist_ok=True)
+    run_path = study_dir_run(out)
+    if run_path.exists() and not args.resume:
+        raise ProbeError(f"{run_path} already exists; pass --resume to continue that capture and "
+                         "redo the analysis, `probe analyze` to redo the analysis only, or choose "
+                         "another --out")
+    t0 = time.perf_counter()
+    model, tokenizer = load_model(args.model, device=args.device)
+    with AttentionProbe(model, tokenizer, keys=STUDY_COMPONENTS) as p:
+        capture_pairs(p, sets, run_path, batch_size=args.batch_size, resume=args.resume,
+                      dtype=args.dtype, progress=not args.quiet).close()
+    capture_s = time.perf_counter() - t0
+    write_settings(out, {"pairs": str(pairs_path), "baseline": str(baseline_path) if baseline_path else None,
+                         "model": args.model or "bundled all-MiniLM-L6-v2", "resamples": args.resamples,
+                         "seed": args.seed})
+    with open_run(run_path) as run:
+        result = analyze(run, out, n_resamples=args.resamples, seed=args.seed,
+                         example_pair=args.example_pair, title=title,
+                         baseline_set="baseline" if baseline_path else None)
+    _report(result, capture_s)
+    return 0
+
+
+def _report(result, capture_s=None) -> None:
+    timings = dict(result.timings)
+    if capture_s is not None:
+        timings = {"capture and store": capture_s, **timings}
+    print(f"wrote {len(result.files)} files to {result.out_dir}: stats.csv, pairs.csv, "
+          f"pair_alignments.csv, summary.md, figures/")
+    print("time: " + ", ".join(f"{k} {v:.1f} s" for k, v in timings.items()))
+    print()
+    print((result.out_dir / "summary.md").read_text(encoding="utf-8"))
+
+
+def cmd_negation(args) -> int:
+    pairs = Path(args.pairs) if args.pairs else bundled("negation_pairs.jsonl")
+    if args.no_baseline:
+        baseline = None
+    else:
+        baseline = Path(args.baseline) if args.baseline else bundled("contrast_pairs.jsonl")
+    return _study(args, pairs, baseline, "Negation study")
+
+
+def cmd_counterfactual(args) -> int:
+    return _study(args, Path(args.pairs), Path(args.baseline) if args.baseline else None,
+                  "Counterfactual study")
+
+
+def cmd_analyze(args) -> int:
+    from .store import open_run
+    from .study import analyze
+
+    with open_run(args.run) as run:
+        has_baseline = any(run[i].meta.get("set") == "baseline" for i in range(len(run)))
+        result = analyze(run, args.out, n_resamples=args.resamples, seed=args.seed,
+                         example_pair=args.example_pair, title=f"Analysis of {args.run}",
+                         baseline_set="baseline" if has_baseline else None)
+    _report(result)
+    return 0
+
+
 def cmd_combine(args) -> int:
     from .store import combine, open_run
 
@@ -132,6 +206,38 @@ def build_parser() -> argparse.ArgumentParser:
                      "join the N files with `probe combine`")
     cap.add_argument("--quiet", action="store_true", help="no progress bar")
     cap.set_defaults(func=cmd_capture)
+
+    def study_options(sp, with_capture=True):
+        sp.add_argument("--out", required=True, help="output folder (run.h5, CSVs, figures, summary.md)")
+        sp.add_argument("--resamples", type=int, default=1000, help="bootstrap resamples")
+        sp.add_argument("--seed", type=int, default=0)
+        sp.add_argument("--example-pair", help="pair id for the four-panel figure (default: the first)")
+        if with_capture:
+            sp.add_argument("--model", default=None,
+                            help="hub name or local folder (default: bundled all-MiniLM-L6-v2)")
+            sp.add_argument("--batch-size", type=int, default=32)
+            sp.add_argument("--device", default="cpu")
+            sp.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+            sp.add_argument("--resume", action="store_true", help="continue an interrupted capture")
+            sp.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    neg = sub.add_parser("negation", help="the negation study: capture, compare, test, report")
+    neg.add_argument("--pairs", help="pair file (default: data/negation_pairs.jsonl)")
+    neg.add_argument("--baseline", help="contrast pair file (default: data/contrast_pairs.jsonl)")
+    neg.add_argument("--no-baseline", action="store_true", help="no contrast set")
+    study_options(neg)
+    neg.set_defaults(func=cmd_negation)
+
+    cf = sub.add_parser("counterfactual", help="any pair study: capture, compare, test, report")
+    cf.add_argument("--pairs", required=True, help="pair file (JSONL or CSV)")
+    cf.add_argument("--baseline", help="optional contrast pair file")
+    study_options(cf)
+    cf.set_defaults(func=cmd_counterfactual)
+
+    an = sub.add_parser("analyze", help="recompute every table and figure from a stored pair run")
+    an.add_argument("run", help="a run.h5 written by probe negation/counterfactual")
+    study_options(an, with_capture=False)
+    an.set_defaults(func=cmd_analyze)
 
     comb = sub.add_parser("combine", help="join shard files of one run into a single run file")
     comb.add_argument("shards", nargs="+", help="shard files written with --shard K/N")

@@ -88,6 +88,7 @@ def provenance(probe) -> dict:
         "model_fingerprint_method": method,
         "tokenizer": str(getattr(probe.tokenizer, "name_or_path", "")),
         "tokenizer_class": type(probe.tokenizer).__name__,
+        "special_tokens": sorted(str(t) for t in getattr(probe.tokenizer, "all_special_tokens", [])),
         "probe_version": __version__,
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__,

@@ -1,0 +1,102 @@
+"""Figures: functions take arrays (or examples) and return a matplotlib Figure; they never save.
+
+>>> import numpy as np
+>>> fig = metric_heatmap(np.arange(6.0).reshape(2, 3), np.eye(2, 3, dtype=bool), "demo")
+>>> len(fig.axes)
+2
+"""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # figures are written to files; no display needed
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.patches import Rectangle  # noqa: E402
+
+
+def _pattern_panel(ax, matrix, tokens_q, tokens_k, title, vmax=None):
+    im = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
+    ax.set_xticks(range(len(tokens_k)), tokens_k, rotation=90, fontsize=7)
+    ax.set_yticks(range(len(tokens_q)), tokens_q, fontsize=7)
+    ax.set_xlabel("key")
+    ax.set_ylabel("query")
+    ax.set_title(title, fontsize=9)
+    return im
+
+
+def pair_figure(original, counterfactual, layer: int, head: int, *, title: str | None = None):
+    """Four panels for one pair at one layer and head: original and counterfactual patterns,
+    original and counterfactual value-weighted patterns, with token labels on both axes."""
+    key_p, key_v = f"blocks.{layer}.attn.pattern", f"blocks.{layer}.attn.value_weighted"
+    fig, axes = plt.subplots(2, 2, figsize=(11, 10), constrained_layout=True)
+    vw_max = max(float(original[key_v][head].max()), float(counterfactual[key_v][head].max()))
+    for col, (name, ex) in enumerate((("original", original), ("counterfactual", counterfactual))):
+        im_p = _pattern_panel(axes[0, col], ex[key_p][head], ex.tokens, ex.tokens,
+                              f"{name}: attention (layer {layer}, head {head})", vmax=1.0)
+        im_v = _pattern_panel(axes[1, col], ex[key_v][head], ex.tokens, ex.tokens,
+                              f"{name}: value-weighted ||alpha f(x)||", vmax=vw_max)
+    fig.colorbar(im_p, ax=axes[0, :], shrink=0.8, label="attention weight")
+    fig.colorbar(im_v, ax=axes[1, :], shrink=0.8, label="||alpha f(x)||")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def metric_heatmap(values, significant, title: str, *, label: str = "", center: float | None = None):
+    """Layer x head heatmap of ``values`` [layer, head]; cells not significant are hatched."""
+    values = np.asarray(values, dtype=float)
+    layers, heads = values.shape
+    fig, ax = plt.subplots(figsize=(max(4, 0.45 * heads + 2), max(3, 0.45 * layers + 1.5)),
+                           constrained_layout=True)
+    if center is not None:
+        span = np.nanmax(np.abs(values - center)) or 1.0
+        im = ax.imshow(values, cmap="RdBu_r", vmin=center - span, vmax=center + span, aspect="auto")
+    else:
+        im = ax.imshow(values, cmap="viridis", aspect="auto")
+    for layer in range(layers):
+        for head in range(heads):
+            if significant is None or not significant[layer, head]:
+                ax.add_patch(Rectangle((head - 0.5, layer - 0.5), 1, 1, fill=False, hatch="///",
+                                       edgecolor="0.6", linewidth=0))
+    ax.set_xticks(range(heads))
+    ax.set_yticks(range(layers))
+    ax.set_xlabel("head")
+    ax.set_ylabel("layer")
+    ax.set_title(title + ("\n(hatched: not significant, q > 0.05)" if significant is not None else ""),
+                 fontsize=9)
+    fig.colorbar(im, ax=ax, label=label)
+    return fig
+
+
+def cue_by_layer(layers, series: dict):
+    """Attention to and from the cue per layer, each series ``name -> (mean [layer],
+    (low [layer], high [layer]))``; names ending in "baseline" are dashed."""
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True, sharex=True)
+    panels = (("cue_attention_in", "attention to the cue (from other tokens)"),
+              ("cue_attention_out", "attention from the cue (to other tokens)"))
+    for ax, (metric, title) in zip(axes, panels):
+        for name, (mean, (low, high)) in series.items():
+            if not name.startswith(metric):
+                continue
+            style = "--" if name.endswith("baseline") else "-"
+            label = "same position, other side" if name.endswith("baseline") else "cue"
+            ax.plot(layers, mean, style, marker="o", label=label)
+            ax.fill_between(layers, low, high, alpha=0.2)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("layer")
+        ax.set_ylabel("attention mass (mean over heads and pairs, 95% CI)")
+        ax.legend(fontsize=8)
+    return fig
+
+
+def save(fig, path_without_suffix) -> list[str]:
+    """Write ``fig`` as PNG and SVG; returns the paths. (The one place figures touch disk.)"""
+    paths = []
+    for suffix in (".png", ".svg"):
+        path = f"{path_without_suffix}{suffix}"
+        fig.savefig(path, dpi=130)
+        paths.append(path)
+    plt.close(fig)
+    return paths
