@@ -16,11 +16,11 @@ shares). Other fields are kept as metadata. Errors name the file and line.
 from __future__ import annotations
 
 import csv
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
+from .readers import json_object
 
 REQUIRED = ("id", "original", "counterfactual")
 
@@ -58,13 +58,7 @@ def _rows(path: Path):
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as err:
-            raise InputError(f"{path}:{number}: malformed JSON ({err.msg} at column {err.colno})") from None
-        if not isinstance(obj, dict):
-            raise InputError(f"{path}:{number}: expected a JSON object")
-        yield number, obj
+        yield number, json_object(path, number, line)
 
 
 def load_pairs(path) -> list[Pair]:

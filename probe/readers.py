@@ -81,13 +81,19 @@ def iter_records(path, *, skip_blank: bool = False):
         index += 1
 
 
-def _parse_json_line(path, number, line):
+def json_object(path, number: int, line: str) -> dict:
+    """One JSONL line as a dict, or an error naming the file and line."""
     try:
         obj = json.loads(line)
     except json.JSONDecodeError as err:
         raise InputError(f"{path}:{number}: malformed JSON ({err.msg} at column {err.colno})") from None
     if not isinstance(obj, dict):
-        raise InputError(f"{path}:{number}: expected a JSON object with a 'text' field")
+        raise InputError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
+    return obj
+
+
+def _parse_json_line(path, number, line):
+    obj = json_object(path, number, line)
     if "text" not in obj:
         raise InputError(f"{path}:{number}: missing field 'text' (fields: {', '.join(obj) or 'none'})")
     text = obj.pop("text")
