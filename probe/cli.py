@@ -166,6 +166,42 @@ def cmd_analyze(args) -> int:
     return 0
 
 
+def cmd_metrics(args) -> int:
+    from .report import write_report
+    from .store import open_run
+
+    with open_run(args.run) as run:
+        files = write_report(run, args.out, group_by=args.group_by or [], window=args.window)
+    print(f"wrote {', '.join(Path(f).name for f in files)} to {args.out}")
+    return 0
+
+
+def cmd_view(args) -> int:
+    from .errors import InputError
+    from .store import open_run
+    from .view import build_view
+
+    with open_run(args.run) as run:
+        if not 0 <= args.example < len(run):
+            raise InputError(f"--example {args.example}: the run holds examples 0..{len(run) - 1}")
+        ex = run[args.example]
+        other = None
+        if "pair_id" in ex.meta and not args.single:
+            partner = "counterfactual" if ex.meta["side"] == "original" else "original"
+            for i in range(len(run)):
+                cand = run[i]
+                if (cand.meta.get("pair_id") == ex.meta["pair_id"] and cand.meta.get("side") == partner
+                        and cand.meta.get("set") == ex.meta.get("set")):
+                    other = cand
+                    break
+            if other is not None and ex.meta["side"] == "counterfactual":
+                ex, other = other, ex
+        page = build_view(ex, other, title=None if other is None else f"{ex.text} / {other.text}")
+    Path(args.out).write_text(page, encoding="utf-8")
+    print(f"wrote {args.out} ({len(page) / 1e3:.0f} kB){' for a pair' if other is not None else ''}")
+    return 0
+
+
 def cmd_combine(args) -> int:
     from .store import combine, open_run
 
@@ -238,6 +274,21 @@ def build_parser() -> argparse.ArgumentParser:
     an.add_argument("run", help="a run.h5 written by probe negation/counterfactual")
     study_options(an, with_capture=False)
     an.set_defaults(func=cmd_analyze)
+
+    met = sub.add_parser("metrics", help="per-example and per-head pattern metrics of a run")
+    met.add_argument("run", help="a run file with patterns")
+    met.add_argument("--out", required=True, help="output folder for the CSV tables")
+    met.add_argument("--group-by", action="append", metavar="FIELD",
+                     help="also summarise per value of this metadata field (repeatable)")
+    met.add_argument("--window", type=int, default=1, help="window of the local-attention share")
+    met.set_defaults(func=cmd_metrics)
+
+    view = sub.add_parser("view", help="a self-contained interactive HTML view of one example")
+    view.add_argument("run", help="a run file with patterns")
+    view.add_argument("--example", type=int, default=0, help="example index in input order")
+    view.add_argument("--out", required=True, help="the HTML file to write")
+    view.add_argument("--single", action="store_true", help="in a pair run, show this side only")
+    view.set_defaults(func=cmd_view)
 
     comb = sub.add_parser("combine", help="join shard files of one run into a single run file")
     comb.add_argument("shards", nargs="+", help="shard files written with --shard K/N")

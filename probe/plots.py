@@ -100,3 +100,66 @@ def save(fig, path_without_suffix) -> list[str]:
         paths.append(path)
     plt.close(fig)
     return paths
+
+
+def pattern_figure(example, layer: int, head: int, *, value_weighted: bool = False):
+    """One head's pattern (or value-weighted pattern) with token labels on both axes."""
+    key = f"blocks.{layer}.attn.{'value_weighted' if value_weighted else 'pattern'}"
+    n = len(example.tokens)
+    fig, ax = plt.subplots(figsize=(max(4, 0.3 * n + 2), max(3.5, 0.3 * n + 1.5)), constrained_layout=True)
+    im = _pattern_panel(ax, example[key][head], example.tokens, example.tokens,
+                        f"layer {layer}, head {head}" + (" (value-weighted)" if value_weighted else ""),
+                        vmax=None if value_weighted else 1.0)
+    fig.colorbar(im, ax=ax, label="||alpha f(x)||" if value_weighted else "attention weight")
+    return fig
+
+
+def head_grid(example, layers=None):
+    """Small multiples of every head's pattern for one example: rows are layers, columns heads."""
+    layers = list(layers) if layers is not None else sorted(
+        {int(k.split(".")[1]) for k in example if k.endswith(".pattern")})
+    heads = example[f"blocks.{layers[0]}.attn.pattern"].shape[0]
+    fig, axes = plt.subplots(len(layers), heads, figsize=(1.3 * heads, 1.3 * len(layers)),
+                             squeeze=False, constrained_layout=True)
+    for r, layer in enumerate(layers):
+        pattern = example[f"blocks.{layer}.attn.pattern"]
+        for h in range(heads):
+            ax = axes[r, h]
+            ax.imshow(pattern[h], cmap="viridis", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if r == 0:
+                ax.set_title(f"head {h}", fontsize=7)
+            if h == 0:
+                ax.set_ylabel(f"layer {layer}", fontsize=7)
+    fig.suptitle(" ".join(example.tokens)[:120], fontsize=8)
+    return fig
+
+
+def first_token_bars(values, *, title: str = "attention to the first token"):
+    """Bar chart of first-token attention ``[layer, head]``: one group of bars per layer."""
+    values = np.asarray(values, dtype=float)
+    layers, heads = values.shape
+    fig, ax = plt.subplots(figsize=(max(6, 0.12 * layers * heads + 2), 3.5), constrained_layout=True)
+    width = 0.8 / heads
+    for h in range(heads):
+        ax.bar(np.arange(layers) + h * width - 0.4 + width / 2, values[:, h], width,
+               color=plt.cm.viridis(h / max(heads - 1, 1)))
+    ax.set_xticks(range(layers), [f"layer {l}" for l in range(layers)])
+    ax.set_ylabel("mean attention on first token")
+    ax.set_ylim(0, 1)
+    ax.set_title(title + f" (bars: heads 0..{heads - 1})", fontsize=9)
+    return fig
+
+
+def token_importance_figure(tokens, importances: dict):
+    """Token importance over the sentence, one bar series per method (``name -> [token]``)."""
+    n = len(tokens)
+    fig, ax = plt.subplots(figsize=(max(6, 0.45 * n + 2), 3.5), constrained_layout=True)
+    width = 0.8 / max(len(importances), 1)
+    for k, (name, values) in enumerate(importances.items()):
+        ax.bar(np.arange(n) + k * width - 0.4 + width / 2, values, width, label=name)
+    ax.set_xticks(range(n), tokens, rotation=60, fontsize=8)
+    ax.set_ylabel("importance (sums to 1)")
+    ax.legend(fontsize=8)
+    return fig

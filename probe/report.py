@@ -1,0 +1,89 @@
+"""Pattern-metric reports over a capture or stored run: the engine of ``probe metrics``.
+
+Writes, into an output folder:
+
+- ``example_metrics.csv``: one row per example x layer x head with every metric of
+  :data:`probe.metrics.PROFILE`, the sink token and the example's metadata field(s);
+- ``head_summary.csv``: per layer x head, the mean of each metric over examples and the head's
+  class (:func:`probe.metrics.classify_heads`);
+- ``by_{field}.csv`` for each ``group_by`` field: per group x layer x head, the means;
+- ``token_importance.csv``: per example and token, raw, value-weighted and rollout importance.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from . import metrics as M
+from .study import write_csv
+
+
+def collect(capture, *, window: int = 1):
+    """Per-example metrics ``{name: [example, layer, head]}`` and the examples' meta."""
+    per_example, metas = [], []
+    for ex in capture:
+        per_example.append(M.example_metrics(ex, capture.layers, window))
+        metas.append({"index": ex.index, "text": ex.text, **ex.meta})
+    names = list(per_example[0])
+    return {n: np.stack([m[n] for m in per_example]) for n in names}, metas
+
+
+def head_profile(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    with np.errstate(invalid="ignore"):
+        return {n: np.nanmean(v, axis=0) for n, v in values.items() if n in M.PROFILE}
+
+
+def write_report(capture, out_dir, *, group_by=(), window: int = 1) -> list[str]:
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    values, metas = collect(capture, window=window)
+    layers = list(capture.layers)
+    n_heads = values["entropy"].shape[2]
+    files = []
+    rows = []
+    for e, meta in enumerate(metas):
+        for li, layer in enumerate(layers):
+            for head in range(n_heads):
+                row = {"example": meta["index"], "layer": layer, "head": head,
+                       **{g: meta.get(g, "") for g in group_by}}
+                row.update({n: values[n][e, li, head] for n in values})
+                rows.append(row)
+    cols = ["example", "layer", "head", *group_by, "sink_token", *M.PROFILE]
+    write_csv(out_dir / "example_metrics.csv", rows, cols)
+    files.append(str(out_dir / "example_metrics.csv"))
+
+    profile = head_profile(values)
+    classes = M.classify_heads(profile)
+    summary = [{"layer": layer, "head": head, "class": classes[li, head],
+                **{n: profile[n][li, head] for n in M.PROFILE}}
+               for li, layer in enumerate(layers) for head in range(n_heads)]
+    write_csv(out_dir / "head_summary.csv", summary, ["layer", "head", "class", *M.PROFILE])
+    files.append(str(out_dir / "head_summary.csv"))
+
+    for field in group_by:
+        labels = np.array([str(m.get(field, "")) for m in metas])
+        grouped = []
+        for label in sorted(set(labels)):
+            pick = labels == label
+            prof = head_profile({n: v[pick] for n, v in values.items()})
+            grouped += [{field: label, "n": int(pick.sum()), "layer": layer, "head": head,
+                         **{n: prof[n][li, head] for n in M.PROFILE}}
+                        for li, layer in enumerate(layers) for head in range(n_heads)]
+        write_csv(out_dir / f"by_{field}.csv", grouped, [field, "n", "layer", "head", *M.PROFILE])
+        files.append(str(out_dir / f"by_{field}.csv"))
+
+    importance = []
+    has_vw = any(k.endswith(".value_weighted") for k in capture.keys)
+    for ex in capture:
+        methods = {"raw": M.token_importance(ex, "raw"), "rollout": M.token_importance(ex, "rollout")}
+        if has_vw:
+            methods["value_weighted"] = M.token_importance(ex, "value_weighted")
+        for t, token in enumerate(ex.tokens):
+            importance.append({"example": ex.index, "position": t, "token": token,
+                               **{m: v[t] for m, v in methods.items()}})
+    write_csv(out_dir / "token_importance.csv", importance,
+              ["example", "position", "token", "raw", "value_weighted", "rollout"])
+    files.append(str(out_dir / "token_importance.csv"))
+    return files
