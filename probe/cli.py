@@ -202,6 +202,39 @@ def cmd_view(args) -> int:
     return 0
 
 
+def cmd_compare_models(args) -> int:
+    from .comparison import SUMMARY, compare_models, markdown_table
+    from .readers import iter_records
+    from .study import write_csv
+
+    path = Path(args.texts) if args.texts else bundled("sentences.txt")
+    records = list(iter_records(path))
+    arch, metric_rows, speed = compare_models(args.models, [r.text for r in records],
+                                              meta=[r.meta for r in records], group_by=args.group_by,
+                                              batch_size=args.batch_size, rounds=args.rounds,
+                                              device=args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    arch_cols = ["model", "model_type", "class", "layers", "heads", "kv_heads", "hidden", "vocab",
+                 "parameters"]
+    metric_cols = ["model", "group", "n", *SUMMARY]
+    speed_cols = ["model", "sentences", "batch_size", "forward_s", "forward_sentences_per_s",
+                  "forward_ms_per_sentence", "capture_s", "capture_sentences_per_s",
+                  "capture_over_forward"]
+    write_csv(out / "architecture.csv", arch, arch_cols)
+    write_csv(out / "metrics.csv", metric_rows, metric_cols)
+    write_csv(out / "speed.csv", speed, speed_cols)
+    report = "\n\n".join([f"# Model comparison on {len(records)} sentences from {path}",
+                           "## Architecture", markdown_table(arch, arch_cols),
+                           "## Pattern metrics (mean over examples, layers and heads)",
+                           markdown_table(metric_rows, metric_cols),
+                           f"## Speed (median of {args.rounds} rounds, measured in this run)",
+                           markdown_table(speed, speed_cols)]) + "\n"
+    (out / "comparison.md").write_text(report, encoding="utf-8")
+    print(report)
+    return 0
+
+
 def cmd_combine(args) -> int:
     from .store import combine, open_run
 
@@ -289,6 +322,17 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--out", required=True, help="the HTML file to write")
     view.add_argument("--single", action="store_true", help="in a pair run, show this side only")
     view.set_defaults(func=cmd_view)
+
+    cm = sub.add_parser("compare-models", help="architecture, pattern metrics and speed of "
+                        "several models on the same sentences")
+    cm.add_argument("models", nargs="+", help="hub names or local folders; 'bundled' for MiniLM")
+    cm.add_argument("--texts", help="sentences (.txt/.jsonl/.csv; default data/sentences.txt)")
+    cm.add_argument("--out", required=True, help="output folder")
+    cm.add_argument("--group-by", help="metadata field to average metrics by, besides overall")
+    cm.add_argument("--batch-size", type=int, default=32)
+    cm.add_argument("--rounds", type=int, default=3, help="timed rounds per model")
+    cm.add_argument("--device", default="cpu")
+    cm.set_defaults(func=cmd_compare_models)
 
     comb = sub.add_parser("combine", help="join shard files of one run into a single run file")
     comb.add_argument("shards", nargs="+", help="shard files written with --shard K/N")
