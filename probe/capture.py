@@ -147,6 +147,7 @@ class AttentionProbe:
         self._handles = []
         self._attached = False
         self._original_impl = None
+        self._forward_options = _no_cache(model)
 
     # ----------------------------------------------------------------- selection
     def _selection(self, layers, keys):
@@ -374,7 +375,7 @@ class AttentionProbe:
         self.model.eval()
         try:
             with torch.inference_mode():
-                self.model(input_ids=input_ids, attention_mask=mask, **_no_cache(self.model))
+                self.model(input_ids=input_ids, attention_mask=mask, **self._forward_options)
         finally:
             self.model.train(was_training)
         return self.captures.pop()

@@ -36,6 +36,17 @@ def head_profile(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def write_report(capture, out_dir, *, group_by=(), window: int = 1) -> list[str]:
+    """Write the CSV tables of the module docstring for ``capture`` into ``out_dir``.
+
+    >>> import tempfile
+    >>> from probe.captures import Capture, CapturedBatch
+    >>> batch = CapturedBatch({"blocks.0.attn.pattern": np.full((2, 1, 3, 3), 1 / 3)},
+    ...                       [(0, 3), (0, 3)], [["the", "cat", "."], ["a", "dog", "."]],
+    ...                       meta=[{"kind": "x"}, {"kind": "y"}])
+    >>> capture = Capture([batch.example(i, index=i) for i in range(2)], batch.keys)
+    >>> [f.rsplit("/", 1)[1] for f in write_report(capture, tempfile.mkdtemp(), group_by=["kind"])]
+    ['example_metrics.csv', 'head_summary.csv', 'by_kind.csv', 'token_importance.csv']
+    """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     values, metas = collect(capture, window=window)

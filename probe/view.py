@@ -45,7 +45,15 @@ def _stack(example, component, layers):
 
 
 def build_view(example, other=None, *, title: str | None = None) -> str:
-    """HTML for ``example`` (and, for a pair, ``other`` = its counterfactual)."""
+    """HTML for ``example`` (and, for a pair, ``other`` = its counterfactual).
+
+    >>> from probe.captures import Example
+    >>> pattern = np.full((2, 3, 3), 1 / 3)          # [head, query, key]
+    >>> ex = Example(["[CLS]", "hi", "[SEP]"], ["blocks.0.attn.pattern"], lambda k: pattern)
+    >>> page = build_view(ex)
+    >>> page.startswith("<!DOCTYPE html>"), "http" in page
+    (True, False)
+    """
     layers = sorted({int(k.split(".")[1]) for k in example if k.endswith(".pattern")})
     if not layers:
         raise ValueError("the example has no captured pattern to view")
