@@ -181,6 +181,12 @@ class AttentionProbe:
             plan.setdefault(layer, set()).update(names.required_components([c]))
         return exposed, {layer: frozenset(cs) for layer, cs in plan.items()}
 
+    @property
+    def stored_keys(self) -> tuple[str, ...]:
+        """The keys actually captured (derived keys replaced by what they are derived from)."""
+        return tuple(names.key(layer, c) for layer, cs in sorted(self._plan.items())
+                     for c in names.COMPONENTS if c in cs)
+
     # ----------------------------------------------------------------- attach / detach
     def __enter__(self) -> AttentionProbe:
         self.attach()

@@ -11,7 +11,6 @@ most ``queue_batches`` captured batches wait for the writer thread.
 
 from __future__ import annotations
 
-import datetime as _dt
 import hashlib
 import json
 import os
@@ -25,7 +24,8 @@ import torch
 from . import names
 from .errors import InputError, ProbeError
 from .inputs import batches_by_length, encode, max_length_of
-from .store import RunWriter, compression_args, open_file, open_run
+from .store import (RunWriter, _attr, check_dtype, check_schema, compression_args, open_file,
+                    open_run, utc_now)
 
 #: settings that must be equal to resume a run
 RESUME_MUST_MATCH = ("model", "model_fingerprint", "keys", "dtype", "compression", "truncate",
@@ -96,20 +96,17 @@ def provenance(probe) -> dict:
         "attn_implementation": str(probe._original_impl),
         "capture_implementation": "probe eager (probe_capture backend)",
         "model_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
-        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "created": utc_now(),
     }
 
 
 def _check_resume(f, wanted: dict, path) -> None:
     diffs = []
     for name in RESUME_MUST_MATCH:
-        have = f.attrs.get(name)
-        have = have.tolist() if isinstance(have, np.ndarray) else have
-        have = have.item() if isinstance(have, np.generic) else have
+        have = _attr(f.attrs.get(name))
         want = wanted[name]
         if isinstance(want, (list, tuple)):
-            want = list(want)
-            have = [x.decode() if isinstance(x, bytes) else x for x in (have or [])]
+            want, have = list(want), list(have or [])
         if have != want:
             diffs.append(f"{name}: file has {_short(have)}, this run has {_short(want)}")
     if diffs:
@@ -195,8 +192,7 @@ def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: st
     shard_k, shard_n = parse_shard(shard)
     out = os.fspath(out)
     compression_args(compression)  # validate before any work
-    if dtype not in ("float32", "float16"):
-        raise InputError(f"unknown dtype {dtype!r}: use float32 or float16")
+    check_dtype(dtype)
     if batch_size < 1 or window < 1:
         raise InputError("batch_size and window must be at least 1")
     exists = os.path.exists(out)
@@ -204,8 +200,7 @@ def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: st
         raise InputError(f"{out} already exists; pass --resume (resume=True) to continue it, or "
                          "choose another output path (probe never overwrites a run)")
     n_examples, input_sha = validate_input(probe, make_records, truncate=truncate, window=window)
-    stored = [names.key(layer, c) for layer, cs in sorted(probe._plan.items())
-              for c in names.COMPONENTS if c in cs]
+    stored = list(probe.stored_keys)
     settings = {"keys": list(probe.exposed_keys), "stored_keys": stored, "dtype": dtype,
                 "compression": compression or "none", "truncate": truncate,
                 "batch_size": batch_size, "window": window, "input_sha256": input_sha,
@@ -214,15 +209,13 @@ def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: st
 
     if exists:
         with open_file(out) as f:
-            from .store import check_schema
-
             check_schema(f, out)
             prov = {"model": f.attrs.get("model"),
                     "model_fingerprint": probe_fingerprint(probe)}
             _check_resume(f, {**settings, **prov}, out)
             if bool(f["state/complete"][0]):
                 return open_run(out)
-        writer = RunWriter.reopen(out, dtype=dtype, compression=compression)
+        writer = RunWriter.reopen(out, dtype=dtype)
     else:
         attrs = {**provenance(probe), **settings}
         attrs["readme"] = _FILE_README

@@ -153,6 +153,62 @@ def check_schema(f: h5py.File, path) -> None:
                           f"(probe_version={f.attrs.get('probe_version')!r}) or re-run the capture")
 
 
+# ------------------------------------------------------------------------- layout helpers
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second (the ``created`` attribute)."""
+    import datetime as dt
+
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}: use {' or '.join(DTYPES)}")
+
+
+def _write_layout(ds, component: str, sizes, per_unit: int) -> None:
+    """The attributes that say how to cut one example out of a tensor dataset."""
+    ds.attrs["axes"] = _attr_value(list(names.AXES[component]))
+    ds.attrs["sizes"] = [int(x) for x in sizes]
+    ds.attrs["unit"] = unit_of(component)
+    ds.attrs["per_unit"] = int(per_unit)
+
+
+def _layout(ds) -> tuple[str, int, list[int]]:
+    """``(unit, per_unit, sizes)`` of a tensor dataset (see :func:`_write_layout`)."""
+    return (str(_attr(ds.attrs["unit"])), int(ds.attrs["per_unit"]),
+            [int(x) for x in ds.attrs["sizes"]])
+
+
+def _committed_extent(f, n_done: int) -> dict[str, int]:
+    """How far the committed rows reach: token and square units, and bytes of each stream."""
+    if n_done == 0:
+        return dict.fromkeys(("token", "square", *BYTE_STREAMS), 0)
+    last = {name: int(f[f"index/{name}"][n_done - 1]) for name in INDEX_FIELDS}
+    n = last["n_tokens"]
+    tokens = last["token_start"] + n
+    return {"token": tokens, "square": last["square_start"] + n * n,
+            "examples/text": last["text_start"] + last["text_len"],
+            "examples/meta": last["meta_start"] + last["meta_len"],
+            "tokens/text": int(f["tokens/end"][tokens - 1]) if tokens else 0}
+
+
+def _publish(tmp: str, final: str) -> None:
+    """Put a finished file at ``final`` without ever overwriting one that is there."""
+    try:
+        try:
+            os.link(tmp, final)  # fails if `final` appeared meanwhile
+        except FileExistsError:
+            raise InputError(f"{final} already exists; probe never overwrites a run") from None
+        except OSError:  # a file system without hard links
+            if os.path.exists(final):
+                raise InputError(f"{final} already exists; probe never overwrites a run") from None
+            os.rename(tmp, final)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 # ------------------------------------------------------------------------- writing
 class RunWriter:
     """Append batches of examples to a run file; each batch is committed atomically.
@@ -162,10 +218,9 @@ class RunWriter:
     keep it consistent on disk, so after a crash every row below ``n_done`` is intact.
     """
 
-    def __init__(self, f: h5py.File, dtype: str, compression: str | None):
+    def __init__(self, f: h5py.File, dtype: str):
         self.f = f
         self.dtype = DTYPES[dtype]
-        self.compression = compression
         self._load_cursor()
         # handles and attributes looked up once: h5py lookups cost more than small writes
         self._ds = {name: f[name] for name in
@@ -174,7 +229,7 @@ class RunWriter:
         self._key_ds = {}
         for key in self.stored_keys:
             ds = f[dataset_path(key)]
-            self._key_ds[key] = (ds, str(_attr(ds.attrs["unit"])), int(ds.attrs["per_unit"]))
+            self._key_ds[key] = (ds, *_layout(ds)[:2])
 
     # creation ---------------------------------------------------------------
     @classmethod
@@ -186,8 +241,7 @@ class RunWriter:
         Chunks are sized for about 64 chunks per dataset over ``n_examples`` examples, between
         4 Ki and 256 Ki elements, so small runs stay small and large ones read fast.
         """
-        if dtype not in DTYPES:
-            raise InputError(f"unknown dtype {dtype!r}: use float32 or float16")
+        check_dtype(dtype)
         comp = compression_args(compression)
         # built under a temporary name and linked into place once in SWMR mode, so a crash
         # during creation never leaves a half-made run at `path`
@@ -219,36 +273,23 @@ class RunWriter:
                 chunk = int(np.clip(chunk, MIN_CHUNK_ELEMENTS, CHUNK_ELEMENTS))
                 ds = f.create_dataset(dataset_path(key), shape=(0,), maxshape=(None,),
                                       dtype=DTYPES[dtype], chunks=(chunk,), **comp)
-                ds.attrs["axes"] = _attr_value(list(names.AXES[component]))
-                ds.attrs["sizes"] = list(sizes)
-                ds.attrs["unit"] = unit_of(component)
-                ds.attrs["per_unit"] = per_unit
+                _write_layout(ds, component, sizes, per_unit)
             f.flush()
             f.swmr_mode = True
-            try:
-                os.link(path, final)  # fails if `final` appeared meanwhile: never overwrite
-            except FileExistsError:
-                raise InputError(f"{final} already exists; probe never overwrites a run") from None
-            except OSError:  # a file system without hard links
-                if os.path.exists(final):
-                    raise InputError(f"{final} already exists; probe never overwrites a run") from None
-                os.rename(path, final)
-            finally:
-                if os.path.exists(path):
-                    os.unlink(path)
+            _publish(path, final)
         except BaseException:
             f.close()
             if os.path.exists(path):
                 os.unlink(path)
             raise
-        return cls(f, dtype, compression)
+        return cls(f, dtype)
 
     @classmethod
-    def reopen(cls, path, *, dtype: str, compression: str | None):
+    def reopen(cls, path, *, dtype: str):
         """Reopen an unfinished run for appending; rows past the last commit are dropped."""
         f = open_file(path, writable=True)
         check_schema(f, path)
-        writer = cls(f, dtype, compression)
+        writer = cls(f, dtype)
         writer._truncate_to_commit()
         f.flush()
         if not f.swmr_mode:
@@ -260,19 +301,9 @@ class RunWriter:
         f = self.f
         self.n_done = int(f["state/n_done"][0])
         self.stored_keys = sorted(_stored_keys(f))
-        if self.n_done == 0:
-            self.token_cursor = self.square_cursor = 0
-            self.byte_cursor = {"examples/text": 0, "examples/meta": 0, "tokens/text": 0}
-            return
-        last = self.n_done - 1
-        ix = {name: int(f[f"index/{name}"][last]) for name in INDEX_FIELDS}
-        n = ix["n_tokens"]
-        self.token_cursor = ix["token_start"] + n
-        self.square_cursor = ix["square_start"] + n * n
-        token_bytes = int(f["tokens/end"][self.token_cursor - 1]) if self.token_cursor else 0
-        self.byte_cursor = {"examples/text": ix["text_start"] + ix["text_len"],
-                            "examples/meta": ix["meta_start"] + ix["meta_len"],
-                            "tokens/text": token_bytes}
+        extent = _committed_extent(f, self.n_done)
+        self.token_cursor, self.square_cursor = extent["token"], extent["square"]
+        self.byte_cursor = {name: extent[name] for name in BYTE_STREAMS}
 
     def _truncate_to_commit(self):
         f = self.f
@@ -282,10 +313,9 @@ class RunWriter:
             f[name].resize((end,))
         f["tokens/input_ids"].resize((self.token_cursor,))
         f["tokens/end"].resize((self.token_cursor,))
-        for key in self.stored_keys:
-            ds = f[dataset_path(key)]
-            units = self.token_cursor if ds.attrs["unit"] == "token" else self.square_cursor
-            ds.resize((units * int(ds.attrs["per_unit"]),))
+        for ds, unit, per_unit in self._key_ds.values():
+            units = self.token_cursor if unit == "token" else self.square_cursor
+            ds.resize((units * per_unit,))
 
     def done_examples(self) -> np.ndarray:
         """Input indices of the committed rows."""
@@ -444,8 +474,7 @@ class Run(KeyedSequence):
         if entry is None:
             ds = self.f[name]
             if name.startswith("blocks/"):
-                entry = (ds, str(_attr(ds.attrs["unit"])), int(ds.attrs["per_unit"]),
-                         [int(x) for x in ds.attrs["sizes"]])
+                entry = (ds, *_layout(ds))
             else:
                 entry = (ds, None, 1, None)
             self._handles[name] = entry
@@ -599,13 +628,23 @@ def combine(shards, out, *, allow_incomplete: bool = False) -> None:
 
     base = os.path.dirname(os.path.abspath(out))
     tmp = f"{out}.creating-{os.getpid()}"
+    try:
+        _write_combined(tmp, parts, first, unfinished, n_total, base)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    _publish(tmp, out)
+
+
+def _write_combined(tmp, parts, first, unfinished, n_total, base) -> None:
     with h5py.File(tmp, "w-", libver="latest") as f:
         for k, v in first["attrs"].items():
             f.attrs[k] = _attr_value(v)
         f.attrs["shard"] = "combined"
         f.attrs["shards"] = _attr_value([os.path.relpath(os.path.abspath(p["path"]), base)
                                          for p in parts])
-        f.attrs["created"] = _dt_now()
+        f.attrs["created"] = utc_now()
         n_rows = sum(p["n"] for p in parts)
         f.create_dataset("state/n_done", data=np.array([n_rows], np.int64))
         complete = not unfinished and len(parts) == n_total
@@ -646,19 +685,7 @@ def combine(shards, out, *, allow_incomplete: bool = False) -> None:
                     layout[at:at + length] = h5py.VirtualSource(rel, path, shape=(p["full"][key],))[:length]
                 at += length
             ds = f.create_virtual_dataset(path, layout, fillvalue=np.nan)
-            _, component = names.parse_key(key)
-            ds.attrs["axes"] = _attr_value(list(names.AXES[component]))
-            ds.attrs["sizes"] = list(sizes)
-            ds.attrs["unit"] = unit
-            ds.attrs["per_unit"] = per_unit
-    os.link(tmp, out)
-    os.unlink(tmp)
-
-
-def _dt_now() -> str:
-    import datetime as dt
-
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+            _write_layout(ds, names.parse_key(key)[1], sizes, per_unit)
 
 
 def _shard_info(path: str) -> dict:
@@ -668,19 +695,10 @@ def _shard_info(path: str) -> dict:
         index = {name: f[f"index/{name}"][:n] for name in INDEX_FIELDS}
         info = {"path": path, "n": n, "complete": bool(f["state/complete"][0]), "index": index,
                 "attrs": {k: _attr(v) for k, v in f.attrs.items()}, "layout": {}, "full": {}}
-        if n:
-            last = {name: int(v[-1]) for name, v in index.items()}
-            tokens = last["token_start"] + last["n_tokens"]
-            extent = {"token": tokens, "square": last["square_start"] + last["n_tokens"] ** 2,
-                      "examples/text": last["text_start"] + last["text_len"],
-                      "examples/meta": last["meta_start"] + last["meta_len"],
-                      "tokens/text": int(f["tokens/end"][tokens - 1]) if tokens else 0}
-        else:
-            extent = dict.fromkeys(("token", "square", *BYTE_STREAMS), 0)
-        info["extent"] = extent
+        info["extent"] = _committed_extent(f, n)
         for key in info["attrs"]["stored_keys"]:
             ds = f[dataset_path(key)]
-            info["layout"][key] = ([int(s) for s in ds.attrs["sizes"]], str(_attr(ds.attrs["unit"])),
-                                   int(ds.attrs["per_unit"]))
+            unit, per_unit, sizes = _layout(ds)
+            info["layout"][key] = (sizes, unit, per_unit)
             info["full"][key] = ds.shape[0]
     return info
