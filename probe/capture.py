@@ -343,16 +343,15 @@ class AttentionProbe:
         self._require_attached()
         if self.tokenizer is None:
             raise InputError("run() needs a tokenizer: AttentionProbe(model, tokenizer)")
-        if isinstance(texts, str):
-            texts = [texts]
+        from .readers import records_from_texts
+
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        records = list(records_from_texts(texts, meta, ids))
         if out is not None:
-            from .readers import records_from_texts
             from .runner import capture_to_file
 
-            texts = list(texts)
-            return capture_to_file(self, lambda: records_from_texts(texts, meta, ids), out,
-                                   batch_size=batch_size, truncate=truncate, **store_options)
-        texts = list(texts)
+            return capture_to_file(self, lambda: iter(records), out, batch_size=batch_size,
+                                   truncate=truncate, **store_options)
         encoded = encode(self.tokenizer, texts, max_length=max_length_of(self.model, self.tokenizer),
                          truncate=truncate, ids=ids)
         examples = [None] * len(texts)
@@ -360,10 +359,7 @@ class AttentionProbe:
             capture = self._capture_ids([encoded.ids[i] for i in rows])
             for j, i in enumerate(rows):
                 ex = capture[j]
-                ex.text, ex.index = texts[i], i
-                ex.meta = dict(meta[i]) if meta is not None else {}
-                if ids is not None:
-                    ex.meta.setdefault("id", ids[i])
+                ex.text, ex.index, ex.meta = texts[i], i, dict(records[i].meta)
                 if encoded.truncated[i]:
                     ex.meta["truncated"] = True
                 examples[i] = ex

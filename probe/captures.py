@@ -23,11 +23,10 @@ from .attention import value_weighted
 from .errors import InputError
 
 
-def _unpad(array: np.ndarray, component: str, start: int, stop: int) -> np.ndarray:
-    """Slice every sequence axis of one example's array to ``[start, stop)``."""
-    index = tuple(slice(start, stop) if axis in names.SEQUENCE_AXES else slice(None)
-                  for axis in names.AXES[component])
-    return array[index]
+def unpad_index(component: str, start: int, stop: int) -> tuple[slice, ...]:
+    """Index that cuts every sequence axis of one example's array to ``[start, stop)``."""
+    return tuple(slice(start, stop) if axis in names.SEQUENCE_AXES else slice(None)
+                 for axis in names.AXES[component])
 
 
 class Example(Mapping):
@@ -49,11 +48,10 @@ class Example(Mapping):
         self._get = getter
 
     def __getitem__(self, key: str) -> np.ndarray:
+        layer, component = names.parse_key(key)  # raises for malformed keys
         if key not in self._key_set:
-            layer, component = names.parse_key(key)  # raises for malformed keys
             raise KeyError(f"{key!r} was not captured; captured keys are e.g. "
                            f"{', '.join(self._keys[:4])} ...")
-        layer, component = names.parse_key(key)
         if component in names.DERIVED:
             try:
                 return self._get(key)  # a source that holds it directly
@@ -94,13 +92,12 @@ class CapturedBatch:
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], spans, tokens, *, keys=None,
-                 input_ids=None, texts=None, meta=None):
+                 input_ids=None, meta=None):
         self.arrays = arrays
         self.spans = [(int(a), int(b)) for a, b in spans]
         self.tokens = tokens
         self.keys = tuple(keys) if keys is not None else tuple(arrays)
         self.input_ids = input_ids
-        self.texts = texts
         self.meta = meta
 
     def __len__(self) -> int:
@@ -118,9 +115,7 @@ class CapturedBatch:
         target = torch.from_numpy(np.empty(0, dtype)).dtype
         if t.dtype != target:
             t = t.to(target)
-        axes = names.AXES[component]
-        parts = [t[row][tuple(slice(a, b) if ax in names.SEQUENCE_AXES else slice(None)
-                              for ax in axes)].reshape(-1)
+        parts = [t[row][unpad_index(component, a, b)].reshape(-1)
                  for row, (a, b) in enumerate(self.spans)]
         return torch.cat(parts).numpy()
 
@@ -129,12 +124,11 @@ class CapturedBatch:
 
         def get(key, row=row, start=start, stop=stop):
             _, component = names.parse_key(key)
-            return _unpad(self.arrays[key][row], component, start, stop)
+            return self.arrays[key][row][unpad_index(component, start, stop)]
 
         ids = None if self.input_ids is None else self.input_ids[row, start:stop]
         return Example(
             self.tokens[row] if self.tokens is not None else None, self.keys, get,
-            text=None if self.texts is None else self.texts[row],
             input_ids=ids,
             meta=None if self.meta is None else self.meta[row],
             index=index,
@@ -145,6 +139,10 @@ class KeyedSequence(Sequence):
     """What a sequence of examples with ``keys`` knows about its layers and components."""
 
     keys: tuple[str, ...]
+
+    def __iter__(self):
+        for i in range(len(self)):
+            yield self[i]
 
     @property
     def layers(self) -> tuple[int, ...]:
@@ -178,10 +176,6 @@ class Capture(KeyedSequence):
             return Capture(list(self._examples[i]), self.keys)
         ex = self._examples[i]
         return ex if ex._keys == self.keys else ex.narrowed(self.keys)
-
-    def __iter__(self):
-        for i in range(len(self)):
-            yield self[i]
 
     def select(self, *, layers=None, components=None) -> Capture:
         """A view exposing only the given layers and components.

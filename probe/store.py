@@ -519,10 +519,6 @@ class Run(KeyedSequence):
         return Example(tokens, self.keys, get, text=text, input_ids=input_ids, meta=meta,
                        index=ix["example"])
 
-    def __iter__(self):
-        for i in range(len(self)):
-            yield self[i]
-
     def select(self, *, layers=None, components=None) -> Capture:
         """A lazy view with only the given layers and components (as ``Capture.select``)."""
         return Capture(_LazyExamples(self), self.keys).select(layers=layers, components=components)
