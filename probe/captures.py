@@ -144,6 +144,10 @@ class KeyedSequence(Sequence):
         for i in range(len(self)):
             yield self[i]
 
+    def metas(self) -> list[dict]:
+        """Every example's metadata, in order (a stored run reads only its metadata)."""
+        return [self[i].meta for i in range(len(self))]
+
     @property
     def layers(self) -> tuple[int, ...]:
         return tuple(sorted({names.parse_key(k)[0] for k in self.keys}))

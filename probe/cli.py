@@ -158,7 +158,7 @@ def cmd_analyze(args) -> int:
     from .study import analyze
 
     with open_run(args.run) as run:
-        has_baseline = any(run[i].meta.get("set") == "baseline" for i in range(len(run)))
+        has_baseline = any(meta.get("set") == "baseline" for meta in run.metas())
         result = analyze(run, args.out, n_resamples=args.resamples, seed=args.seed,
                          example_pair=args.example_pair, title=f"Analysis of {args.run}",
                          baseline_set="baseline" if has_baseline else None)
@@ -188,11 +188,10 @@ def cmd_view(args) -> int:
         other = None
         if "pair_id" in ex.meta and not args.single:
             partner = "counterfactual" if ex.meta["side"] == "original" else "original"
-            for i in range(len(run)):
-                cand = run[i]
-                if (cand.meta.get("pair_id") == ex.meta["pair_id"] and cand.meta.get("side") == partner
-                        and cand.meta.get("set") == ex.meta.get("set")):
-                    other = cand
+            for i, meta in enumerate(run.metas()):
+                if (meta.get("pair_id") == ex.meta["pair_id"] and meta.get("side") == partner
+                        and meta.get("set") == ex.meta.get("set")):
+                    other = run[i]
                     break
             if other is not None and ex.meta["side"] == "counterfactual":
                 ex, other = other, ex

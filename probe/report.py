@@ -21,13 +21,21 @@ from .study import write_csv
 
 
 def collect(capture, *, window: int = 1):
-    """Per-example metrics ``{name: [example, layer, head]}`` and the examples' meta."""
-    per_example, metas = [], []
+    """One pass over the examples: per-example metrics ``{name: [example, layer, head]}``,
+    the examples' meta, and rows of token importance (raw, rollout, and value-weighted when
+    captured)."""
+    has_vw = any(k.endswith(".value_weighted") for k in capture.keys)
+    methods = ("raw", "rollout", "value_weighted") if has_vw else ("raw", "rollout")
+    per_example, metas, importance = [], [], []
     for ex in capture:
         per_example.append(M.example_metrics(ex, capture.layers, window))
         metas.append({"index": ex.index, "text": ex.text, **ex.meta})
+        values = {m: M.token_importance(ex, m) for m in methods}
+        importance += [{"example": ex.index, "position": t, "token": token,
+                        **{m: v[t] for m, v in values.items()}}
+                       for t, token in enumerate(ex.tokens)]
     names = list(per_example[0])
-    return {n: np.stack([m[n] for m in per_example]) for n in names}, metas
+    return {n: np.stack([m[n] for m in per_example]) for n in names}, metas, importance
 
 
 def head_profile(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -49,7 +57,7 @@ def write_report(capture, out_dir, *, group_by=(), window: int = 1) -> list[str]
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    values, metas = collect(capture, window=window)
+    values, metas, importance = collect(capture, window=window)
     layers = list(capture.layers)
     n_heads = values["entropy"].shape[2]
     files = []
@@ -85,15 +93,6 @@ def write_report(capture, out_dir, *, group_by=(), window: int = 1) -> list[str]
         write_csv(out_dir / f"by_{field}.csv", grouped, [field, "n", "layer", "head", *M.PROFILE])
         files.append(str(out_dir / f"by_{field}.csv"))
 
-    importance = []
-    has_vw = any(k.endswith(".value_weighted") for k in capture.keys)
-    for ex in capture:
-        methods = {"raw": M.token_importance(ex, "raw"), "rollout": M.token_importance(ex, "rollout")}
-        if has_vw:
-            methods["value_weighted"] = M.token_importance(ex, "value_weighted")
-        for t, token in enumerate(ex.tokens):
-            importance.append({"example": ex.index, "position": t, "token": token,
-                               **{m: v[t] for m, v in methods.items()}})
     write_csv(out_dir / "token_importance.csv", importance,
               ["example", "position", "token", "raw", "value_weighted", "rollout"])
     files.append(str(out_dir / "token_importance.csv"))

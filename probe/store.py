@@ -519,6 +519,15 @@ class Run(KeyedSequence):
         return Example(tokens, self.keys, get, text=text, input_ids=input_ids, meta=meta,
                        index=ix["example"])
 
+    def metas(self) -> list[dict]:
+        """Every committed example's metadata in input order, from one read of the metadata
+        stream (no tokens or tensors are read)."""
+        if not self.n_done:
+            return []
+        start, length = self.index["meta_start"], self.index["meta_len"]
+        raw = self._read("examples/meta", 0, int(start[-1] + length[-1])).tobytes()
+        return [json.loads(raw[start[r]:start[r] + length[r]].decode("utf-8")) for r in self._order]
+
     def select(self, *, layers=None, components=None) -> Capture:
         """A lazy view with only the given layers and components (as ``Capture.select``)."""
         return Capture(_LazyExamples(self), self.keys).select(layers=layers, components=components)

@@ -73,6 +73,8 @@ class PairTable:
     ids: list[str]
     info: list[dict]
     layers: tuple[int, ...]
+    #: (original, counterfactual) example positions of each pair in the capture
+    positions: list[tuple[int, int]] = field(default_factory=list)
     metrics: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -82,11 +84,9 @@ class PairTable:
 def _group_examples(capture) -> dict[str, dict[str, dict]]:
     """set -> pair_id -> {side: example index}; in order of first appearance."""
     sets: dict[str, dict[str, dict]] = {}
-    for i in range(len(capture)):
-        ex = capture[i]
-        meta = ex.meta
+    for i, meta in enumerate(capture.metas()):
         if "pair_id" not in meta or "side" not in meta:
-            raise InputError(f"example {ex.index} of the run has no pair_id/side metadata: this is "
+            raise InputError(f"example {i} of the run has no pair_id/side metadata: this is "
                              "not a pair run (capture pairs with probe negation/counterfactual)")
         sets.setdefault(meta.get("set", "pairs"), {}).setdefault(str(meta["pair_id"]), {})[meta["side"]] = i
     return sets
@@ -97,7 +97,7 @@ def pair_tables(capture, *, metrics=cmp.METRICS, special=None) -> dict[str, Pair
     layers = tuple(capture.layers)
     tables = {}
     for set_name, pairs in _group_examples(capture).items():
-        ids, info, rows = [], [], []
+        ids, info, rows, positions = [], [], [], []
         for pid, sides in pairs.items():
             if set(sides) != {"original", "counterfactual"}:
                 continue  # an unfinished run may hold one side only
@@ -106,6 +106,7 @@ def pair_tables(capture, *, metrics=cmp.METRICS, special=None) -> dict[str, Pair
             rows.append(cmp.compare_pair(orig, cf, alignment, layers=layers, metrics=metrics,
                                          special=special))
             ids.append(pid)
+            positions.append((sides["original"], sides["counterfactual"]))
             meta = {k: v for k, v in cf.meta.items() if k not in ("side", "set")}
             info.append({"pair_id": pid, "original": orig.text, "counterfactual": cf.text, **meta,
                          **alignment.describe(orig.tokens, cf.tokens)})
@@ -113,7 +114,7 @@ def pair_tables(capture, *, metrics=cmp.METRICS, special=None) -> dict[str, Pair
             continue
         shape = next(iter(rows[0].values())).shape
         names = sorted({k for r in rows for k in r})
-        table = PairTable(set_name, ids, info, layers)
+        table = PairTable(set_name, ids, info, layers, positions)
         for name in names:
             table.metrics[name] = np.stack([r.get(name, np.full(shape, np.nan)) for r in rows])
         tables[set_name] = table
@@ -302,11 +303,10 @@ def _figures(capture, main: PairTable, stats, out_dir: Path, example_pair) -> li
     grid, _ = _grid(stats, "mean_attention_diff", "mean", layers, n_heads)
     if np.isfinite(grid).any():
         li, head = np.unravel_index(np.nanargmax(grid), grid.shape)
-        index = main.ids.index(example_pair) if example_pair in main.ids else 0
         if example_pair is not None and example_pair not in main.ids:
             raise InputError(f"--example-pair {example_pair!r} is not a pair id of the study")
-        groups = _group_examples(capture)[main.set][main.ids[index]]
-        orig, cf = capture[groups["original"]], capture[groups["counterfactual"]]
+        index = main.ids.index(example_pair) if example_pair is not None else 0
+        orig, cf = (capture[i] for i in main.positions[index])
         fig = plots.pair_figure(orig, cf, layers[li], int(head),
                                 title=f"pair {main.ids[index]}: {orig.text!r} vs {cf.text!r}")
         files += plots.save(fig, fig_dir / f"pair_{main.ids[index]}_layer{layers[li]}_head{head}")

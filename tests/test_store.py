@@ -103,6 +103,8 @@ def test_lazy_selection_and_value_weighted_derived_on_load(live_and_stored):
         view = run.select(layers=[4])
         assert len(view) == len(SENTENCES) and view[0].tokens == live[0].tokens
         assert [e.index for e in run] == list(range(len(SENTENCES)))
+        assert run.metas() == [e.meta for e in run] == [{"id": f"s{i}", "domain": "test"}
+                                                          for i in range(len(SENTENCES))]
 
 
 def test_existing_output_is_never_overwritten(minilm, live_and_stored):
