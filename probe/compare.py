@@ -94,7 +94,7 @@ def _with_rest(rows: np.ndarray) -> np.ndarray:
     return np.concatenate([rows, rest], axis=-1)
 
 
-def _cue_metrics(pattern, vw, cue, content, prefix=""):
+def _cue_metrics(pattern, vw, cue, content):
     """Cue metrics of one side, ``[layer, head]`` each; cue/content are index arrays."""
     out = {}
     others = np.setdiff1d(content, cue)
@@ -111,7 +111,7 @@ def _cue_metrics(pattern, vw, cue, content, prefix=""):
             d = to_cue / to_cue.sum(-1, keepdims=True)
             entropy = -np.where(d > 0, d * np.log(d), 0.0).sum(-1)
         out["cue_value_spread"] = entropy / np.log(len(others)) if len(others) > 1 else np.ones_like(entropy)
-    return {prefix + k: v for k, v in out.items()}
+    return out
 
 
 def compare_pair(original, counterfactual, alignment: Alignment, *, layers, metrics=METRICS,

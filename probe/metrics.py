@@ -14,9 +14,9 @@ True
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
+
+from .align import is_special, normalize
 
 #: Function words (closed classes: determiners, pronouns, prepositions, conjunctions,
 #: auxiliaries and modals, particles) used by :func:`content_function_ratio`; any other
@@ -140,9 +140,6 @@ def mean_attention_distance(pattern: np.ndarray) -> np.ndarray:
     return (p * np.abs(i - j)).sum(-1).mean(-1)
 
 
-_SPECIAL = re.compile(r"^(\[[A-Z]+\]|<[^>]+>|<\|[^|]+\|>)$")
-
-
 def words_of(tokens: list[str]) -> list[list[int]]:
     """Group token positions into words: WordPiece ``##`` pieces join the previous token;
     for byte-level BPE (``Ġ``) and SentencePiece (``▁``) a token without the marker joins the
@@ -156,7 +153,7 @@ def words_of(tokens: list[str]) -> list[list[int]]:
     marker_style = any(t.startswith(("Ġ", "▁")) for t in tokens)
     words: list[list[int]] = []
     for i, t in enumerate(tokens):
-        if _SPECIAL.match(t):
+        if is_special(t):
             continue
         joins = t.startswith("##") if not marker_style else not t.startswith(("Ġ", "▁"))
         if joins and words and words[-1][-1] == i - 1:
@@ -167,7 +164,8 @@ def words_of(tokens: list[str]) -> list[list[int]]:
 
 
 def word_text(tokens, word) -> str:
-    return "".join(tokens[i].removeprefix("##").lstrip("Ġ▁") for i in word).lower()
+    """A word's text from its tokens, normalised as in :func:`probe.align.normalize`."""
+    return "".join(normalize(tokens[i]) for i in word)
 
 
 def content_function_ratio(pattern: np.ndarray, tokens: list[str]) -> np.ndarray:
