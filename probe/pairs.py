@@ -1,21 +1,37 @@
-"""Statement pairs (original vs counterfactual): loading and validation.
+"""Statement pairs (original vs counterfactual): loading, validation, clusters, duplicates.
 
 A pair file is JSONL (one object a line) or CSV with the columns ``id``, ``original``,
-``counterfactual``, and optionally ``kind``, ``target`` and ``group`` (the id of a pair in
-another set it should be compared with, e.g. the negation pair whose original a word-swap pair
-shares). Other fields are kept as metadata. Errors name the file and line.
+``counterfactual``, and optionally:
+
+- ``kind``: the construction (results are reported per kind);
+- ``control``: the original with a non-negating edit at the place of the negation
+  ("The robin is really a bird." beside "The robin is not a bird.");
+- ``cue``: the cue as text, or a character span ``[start, stop]`` (CSV: ``start:stop``) in the
+  counterfactual; overrides cue detection;
+- ``cluster``: pairs that are not independent (one template, one source sentence) share it;
+- ``target``: the word that carries the edit (kept; used by patching);
+- ``group``: the id of a pair of another set to compare with (kept as metadata).
+
+Other fields are kept as metadata. Errors name the file and line.
 
 >>> import tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "p.jsonl")
 >>> _ = open(path, "w").write('{"id": "p1", "original": "A robin is a bird.", '
-...                           '"counterfactual": "A robin is not a bird.", "kind": "copula"}\\n')
->>> load_pairs(path)[0].kind
-'copula'
+...                           '"counterfactual": "A robin is not a bird.", "kind": "copula", '
+...                           '"control": "A robin is really a bird."}\\n')
+>>> p = load_pairs(path)[0]
+>>> p.kind, p.control
+('copula', 'A robin is really a bird.')
+>>> assign_clusters([p, Pair("p2", "A robin is a bird.", "A robin isn't a bird.")])
+['p1', 'p1']
 """
 
 from __future__ import annotations
 
 import csv
+import hashlib
+import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +39,7 @@ from .errors import InputError
 from .readers import json_object
 
 REQUIRED = ("id", "original", "counterfactual")
+OPTIONAL = ("kind", "target", "group", "control", "cue", "cluster")
 
 
 @dataclass
@@ -35,17 +52,23 @@ class Pair:
     group: str | None = None
     meta: dict = field(default_factory=dict)
     line: int = 0
+    control: str | None = None
+    cue: str | list | None = None
+    cluster: str | None = None
 
 
 def _rows(path: Path):
     """(line, dict) for each record of a JSONL or CSV pair file."""
     if not path.exists():
         raise InputError(f"pair file {path} does not exist")
+    if path.is_dir():
+        raise InputError(f"pair file {path} is a directory; give a .jsonl or .csv file")
     try:
         text = path.read_bytes().decode("utf-8")
     except UnicodeDecodeError as err:
         line = path.read_bytes()[: err.start].count(b"\n") + 1
         raise InputError(f"{path}:{line}: not valid UTF-8 ({err.reason})") from None
+    text = text.removeprefix("\ufeff")
     if path.suffix.lower() == ".csv":
         reader = csv.DictReader(text.splitlines())
         missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
@@ -59,6 +82,29 @@ def _rows(path: Path):
         if not line.strip():
             continue
         yield number, json_object(path, number, line)
+
+
+def _cue_field(value, where: str):
+    """A cue as given: text, or a ``[start, stop]`` span (``"start:stop"`` in CSV)."""
+    if value in (None, ""):
+        return None
+    if isinstance(value, str):
+        m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", value)
+        return [int(m[1]), int(m[2])] if m else value
+    if (isinstance(value, list) and len(value) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+        return list(value)
+    raise InputError(f"{where}: cue must be a text or a [start, stop] character span, "
+                     f"not {value!r}")
+
+
+def _text_field(row, name, pid, where):
+    value = row.get(name)
+    if value in (None, ""):
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise InputError(f"{where}: pair {pid!r}: {name} must be a non-empty string")
+    return value
 
 
 def load_pairs(path) -> list[Pair]:
@@ -82,12 +128,93 @@ def load_pairs(path) -> list[Pair]:
         if pid in seen:
             raise InputError(f"{where}: duplicate id {pid!r} (first on line {seen[pid]})")
         seen[pid] = number
+        control = _text_field(row, "control", pid, where)
+        if control is not None and control.strip() in (row["original"].strip(),
+                                                       row["counterfactual"].strip()):
+            raise InputError(f"{where}: pair {pid!r}: the control must differ from both the "
+                             "original and the counterfactual")
         meta = {k: v for k, v in row.items()
-                if k not in (*REQUIRED, "kind", "target", "group") and v not in (None, "")}
+                if k not in (*REQUIRED, *OPTIONAL) and v not in (None, "")}
+        cluster = row.get("cluster")
         pairs.append(Pair(pid, row["original"], row["counterfactual"],
-                          kind=row.get("kind") or None, target=row.get("target") or None,
+                          kind=None if row.get("kind") in (None, "") else str(row["kind"]),
+                          target=row.get("target") or None,
                           group=None if row.get("group") in (None, "") else str(row["group"]),
-                          meta=meta, line=number))
+                          meta=meta, line=number, control=control,
+                          cue=_cue_field(row.get("cue"), where),
+                          cluster=None if cluster in (None, "") else str(cluster)))
     if not pairs:
         raise InputError(f"{path} holds no pairs")
     return pairs
+
+
+def sentence_key(text: str) -> str:
+    """A sentence as compared for clusters and duplicates: NFC, spaces collapsed, case kept.
+
+    >>> sentence_key("  The  robin is a bird. ")
+    'The robin is a bird.'
+    """
+    return " ".join(unicodedata.normalize("NFC", text).split())
+
+
+def assign_clusters(pairs) -> list[str]:
+    """The cluster of every pair: its ``cluster`` field, else one cluster per group of pairs
+    that share a sentence (original or counterfactual), named after its first pair's id."""
+    parent = list(range(len(pairs)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_with = {}
+    for i, p in enumerate(pairs):
+        if p.cluster is not None:
+            continue
+        for text in (p.original, p.counterfactual):
+            j = first_with.setdefault(sentence_key(text), i)
+            parent[root(i)] = root(j)
+    first_of_root: dict[int, int] = {}
+    for i in range(len(pairs)):
+        first_of_root.setdefault(root(i), i)
+    return [p.cluster if p.cluster is not None else pairs[first_of_root[root(i)]].id
+            for i, p in enumerate(pairs)]
+
+
+def duplicates(pairs) -> dict[int, str]:
+    """``{index: id of the first pair}`` for pairs whose original and counterfactual repeat an
+    earlier pair's (compared by :func:`sentence_key`); such a pair is counted once."""
+    first, out = {}, {}
+    for i, p in enumerate(pairs):
+        k = (sentence_key(p.original), sentence_key(p.counterfactual))
+        if k in first:
+            out[i] = pairs[first[k]].id
+        else:
+            first[k] = i
+    return out
+
+
+def slugs(ids) -> list[str]:
+    """File-name-safe, unique slugs of pair ids; the original id stays in the tables.
+
+    ASCII letters, digits, ``.``, ``_`` and ``-`` are kept, anything else becomes ``-``; a slug
+    that had to change, or is long, ends in 8 hex digits of the id's hash, so two ids never
+    share a slug.
+
+    >>> slugs(["neg-0001", "blimp/adjunct/12", "..", "café au lait"])
+    ['neg-0001', 'blimp-adjunct-12-80507ba3', 'pair-e6fc5bb9', 'caf-au-lait-b30477cc']
+    """
+    out, used = [], set()
+    for pid in ids:
+        pid = str(pid)
+        base = re.sub(r"[^A-Za-z0-9._-]+", "-", pid).strip(".-")[:48] or "pair"
+        slug = base
+        if base != pid or slug.lower() in used:
+            slug = f"{base}-{hashlib.blake2b(pid.encode('utf-8'), digest_size=4).hexdigest()}"
+        n = 2
+        while slug.lower() in used:
+            slug, n = f"{slug}-{n}", n + 1
+        used.add(slug.lower())
+        out.append(slug)
+    return out

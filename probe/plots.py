@@ -8,12 +8,9 @@
 
 from __future__ import annotations
 
-import matplotlib
-
-matplotlib.use("Agg")  # figures are written to files; no display needed
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.patches import Rectangle  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.patches import Rectangle
 
 
 def _pattern_panel(ax, matrix, tokens_q, tokens_k, title, vmax=None):
@@ -70,9 +67,62 @@ def metric_heatmap(values, significant, title: str, *, label: str = "", center: 
     return fig
 
 
+def contrast_heatmaps(panels: dict, title: str, *, label: str = "", center: float | None = 0.0):
+    """Layer x head heatmaps side by side on ONE colour scale, one panel per group (kind).
+
+    ``panels``: ``name -> (values [layer, head], significant [layer, head] or None, hatch)``;
+    ``hatch`` says what a hatched cell means ("not significant (q > 0.05)", or why a contrast
+    is descriptive, in which case every cell is hatched). NaN cells (no pairs) are grey.
+
+    >>> v = np.arange(6.0).reshape(2, 3) - 2
+    >>> fig = contrast_heatmaps({"copula": (v, v > 1, "not significant (q > 0.05)")}, "demo")
+    >>> len(fig.axes)
+    2
+    """
+    names = list(panels)
+    stack = np.stack([np.asarray(panels[n][0], dtype=float) for n in names])
+    layers, heads = stack.shape[1:]
+    cols = min(len(names), 3)
+    rows = -(-len(names) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * max(3.2, 0.32 * heads + 1.4) + 1.2,
+                                                  rows * max(2.4, 0.32 * layers + 1.2) + 0.8),
+                             squeeze=False, constrained_layout=True)
+    finite = stack[np.isfinite(stack)]
+    if center is not None:
+        span = float(np.abs(finite - center).max()) if finite.size else 1.0
+        norm = dict(cmap="RdBu_r", vmin=center - (span or 1.0), vmax=center + (span or 1.0))
+    else:
+        norm = dict(cmap="viridis", vmin=float(finite.min()) if finite.size else 0,
+                    vmax=float(finite.max()) if finite.size else 1)
+    cmap = plt.get_cmap(norm.pop("cmap")).with_extremes(bad="0.85")
+    hatches = set()
+    for ax, name, values in zip(axes.flat, names, stack):
+        _, sig, hatch = panels[name]
+        im = ax.imshow(np.ma.masked_invalid(values), cmap=cmap, aspect="auto", **norm)
+        hatched = np.isfinite(values) & (True if sig is None else ~np.asarray(sig, dtype=bool))
+        if hatched.any():  # one collection of hatched cells, not one patch per cell
+            edges_x, edges_y = np.arange(heads + 1) - 0.5, np.arange(layers + 1) - 0.5
+            ax.pcolor(edges_x, edges_y, np.ma.masked_where(~hatched, np.ones(hatched.shape)),
+                      hatch="///", facecolor="none", edgecolor="0.55", linewidth=0)
+        hatches.add(hatch)
+        ax.set_title(name, fontsize=9, parse_math=False)
+        ax.set_xticks(range(heads))
+        ax.set_yticks(range(layers))
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("head", fontsize=8)
+        ax.set_ylabel("layer", fontsize=8)
+    for ax in list(axes.flat)[len(names):]:
+        ax.axis("off")
+    fig.colorbar(im, ax=axes, label=label, shrink=0.9)
+    note = "; ".join(sorted(h for h in hatches if h))
+    fig.suptitle(title + (f"\nhatched: {note}; grey: no pairs" if note else ""), fontsize=9,
+                 parse_math=False)
+    return fig
+
+
 def cue_by_layer(layers, series: dict):
     """Attention to and from the cue per layer, each series ``name -> (mean [layer],
-    (low [layer], high [layer]))``; names ending in "baseline" are dashed."""
+    (low [layer], high [layer]))``; names ending in "control" (the control's edit) are dashed."""
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), constrained_layout=True, sharex=True)
     panels = (("cue_attention_in", "attention to the cue (from other tokens)"),
               ("cue_attention_out", "attention from the cue (to other tokens)"))
@@ -80,8 +130,8 @@ def cue_by_layer(layers, series: dict):
         for name, (mean, (low, high)) in series.items():
             if not name.startswith(metric):
                 continue
-            style = "--" if name.endswith("baseline") else "-"
-            label = "same position, other side" if name.endswith("baseline") else "cue"
+            style = "--" if name.endswith("control") else "-"
+            label = "the control's neutral word" if name.endswith("control") else "the cue"
             ax.plot(layers, mean, style, marker="o", label=label)
             ax.fill_between(layers, low, high, alpha=0.2)
         ax.set_title(title, fontsize=10)

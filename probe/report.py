@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics as M
-from .study import write_csv
+from .outputs import write_csv
 
 
 def collect(capture, *, window: int = 1):
