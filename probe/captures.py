@@ -157,6 +157,17 @@ class KeyedSequence(Sequence):
         present = {names.parse_key(k)[1] for k in self.keys}
         return tuple(c for c in names.COMPONENTS if c in present)
 
+    def _repr_html_(self) -> str:
+        """In a notebook: a one-line summary, then the interactive view of example 0."""
+        import html
+
+        head = f"<p><code>{html.escape(repr(self))}</code></p>"
+        if not len(self) or "pattern" not in self.components:
+            return head
+        from .notebook import show
+
+        return head + show(self, 0)._repr_html_()
+
 
 class Capture(KeyedSequence):
     """A sequence of :class:`Example` (one per input), as returned by ``AttentionProbe.run``.

@@ -294,7 +294,10 @@ def cmd_combine(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = argparse.ArgumentParser(prog="probe", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"probe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     cap = sub.add_parser("capture", help="capture attention of texts; print a summary or "
                          "stream to an HDF5 run file")
@@ -411,8 +414,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    import matplotlib
     from transformers.utils import logging as hf_logging
 
+    matplotlib.use("Agg")  # the CLI only writes figures to files; the library never picks a backend
     hf_logging.disable_progress_bar()
     try:
         return args.func(args)

@@ -1,6 +1,6 @@
 """The one definition of every pair metric: name, function, family, unit, reading, testability.
 
-Comparison (:mod:`probe.compare`), statistics and tables (:mod:`probe.study`), figures and the
+Comparison (:mod:`probe.pair_compare`), statistics and tables (:mod:`probe.study`), figures and the
 summary (:mod:`probe.study_report`) all read :data:`METRICS`; adding a metric is one entry
 here plus its test.
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from .cues import token_char_spans, tokens_in_spans
-from .compare import align_pair, compare_pair
+from .pair_compare import align_pair, compare_pair
 from .design import PairPlan, plan_from_meta, plan_meta
 from .errors import InputError
 from .pair_metrics import METRICS, components_needed

@@ -34,11 +34,28 @@ ALPHA = 0.05
 
 @dataclass
 class StudyResult:
+    """What :func:`analyze` wrote and computed; ``to_pandas()`` gives stats.csv as a DataFrame."""
+
     tables: dict[str, PairTable]
     stats: list[dict]
     out_dir: Path
     files: list[str]
     timings: dict[str, float]
+
+    def to_pandas(self):
+        """The rows of stats.csv as a pandas DataFrame (pandas is optional)."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise InputError("to_pandas() needs pandas: pip install pandas") from None
+        return pd.DataFrame(self.stats, columns=STATS_COLUMNS)
+
+    def _repr_html_(self) -> str:
+        import html
+
+        text = (self.out_dir / "summary.md").read_text(encoding="utf-8")
+        return f"<p>{len(self.files)} files in <code>{html.escape(str(self.out_dir))}</code></p>" \
+               f"<pre style='white-space:pre-wrap'>{html.escape(text)}</pre>"
 
 
 def analyze(capture, out_dir, *, main_set: str = "pairs", baseline_set: str | None = None,

@@ -10,7 +10,7 @@ import pytest
 
 from probe import AttentionProbe, InputError, open_run
 from probe.captures import Capture, Example
-from probe.compare import align_pair, compare_pair
+from probe.pair_compare import align_pair, compare_pair
 from probe.design import plan_pairs
 from probe.pairs import Pair
 from probe.study import STATS_COLUMNS, STUDY_COMPONENTS, capture_pairs, pair_tables, pair_texts

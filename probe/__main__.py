@@ -1,0 +1,7 @@
+"""``python -m probe ...`` runs the ``probe`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
