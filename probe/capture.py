@@ -162,6 +162,9 @@ class AttentionProbe:
                 chosen.append(int(layer) % n)
         pairs = []
         for item in ([keys] if isinstance(keys, str) else (keys or names.COMPONENTS)):
+            if not isinstance(item, str):
+                raise InputError(f"keys must be component names or full keys (strings), got {item!r}; "
+                                 f"components: {', '.join(names.COMPONENTS)}")
             if item.startswith("blocks."):
                 layer, component = names.parse_key(item)
                 if layer >= n:

@@ -52,14 +52,33 @@ def _summary(capture, out=sys.stdout) -> None:
                   f"{first.mean():.2f} (max head {top}: {first[top]:.2f})", file=out)
 
 
+def parse_layers(text: str | None) -> list[int] | None:
+    """``--layers 0,5,-1`` as integers, or a clear error.
+
+    >>> parse_layers("0, 5,-1")
+    [0, 5, -1]
+    """
+    if not text:
+        return None
+    items = [x.strip() for x in text.split(",")]
+    bad = [x for x in items if not x.lstrip("-").isdigit()]
+    if bad:
+        raise ProbeError(f"--layers {text!r}: {', '.join(repr(b) for b in bad)} is not a layer "
+                         "index; give comma-separated integers such as 0,5 or -1")
+    return [int(x) for x in items]
+
+
 def cmd_capture(args) -> int:
     from .capture import AttentionProbe
     from .models import load_model
     from .readers import input_format, iter_records
 
+    from .models import check_device
+
+    check_device(args.device)
     path = Path(args.input) if args.input else bundled("sentences.txt")
     keys = args.keys.split(",") if args.keys else None
-    layers = [int(x) for x in args.layers.split(",")] if args.layers else None
+    layers = parse_layers(args.layers)
     if args.out is None:
         records = list(iter_records(path))
         model, tokenizer = load_model(args.model, device=args.device)

@@ -83,8 +83,8 @@ def batches_by_length(lengths, batch_size: int):
     >>> batches_by_length([3, 9, 4, 8], batch_size=2)
     [[1, 3], [2, 0]]
     """
-    if batch_size < 1:
-        raise InputError(f"batch_size must be at least 1, got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InputError(f"batch_size must be a whole number of at least 1, got {batch_size!r}")
     order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
     return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
 

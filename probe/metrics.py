@@ -233,7 +233,7 @@ def token_importance(example, method: str = "raw", layers=None) -> np.ndarray:
         p = np.stack([example[f"blocks.{l}.attn.pattern"] for l in layers])
         out = received(p).mean((0, 1))
     elif method == "value_weighted":
-        vw = _f64(np.stack([example[f"blocks.{l}.attn.value_weighted"] for l in layers]))
+        vw = _f64(np.stack([value_weighted_of(example, l) for l in layers]))
         vw = vw / vw.sum(-1, keepdims=True)
         out = received(vw).mean((0, 1))
     elif method == "rollout":
@@ -242,6 +242,15 @@ def token_importance(example, method: str = "raw", layers=None) -> np.ndarray:
     else:
         raise ValueError(f"unknown method {method!r}: raw, value_weighted or rollout")
     return out / out.sum()
+
+
+def value_weighted_of(example, layer: int) -> np.ndarray:
+    """``[head, query, key]`` value-weighted attention of a layer: captured, or derived from
+    pattern and value_norm (``pattern * value_norm[:, None, :]``) when only those were kept."""
+    key = f"blocks.{layer}.attn.value_weighted"
+    if key in example:
+        return example[key]
+    return example[f"blocks.{layer}.attn.pattern"] * example[f"blocks.{layer}.attn.value_norm"][:, None, :]
 
 
 def _layers(example) -> list[int]:

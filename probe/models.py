@@ -39,6 +39,30 @@ def resolve_model(name_or_path: str | None) -> str:
     return str(name_or_path)
 
 
+def check_device(device) -> torch.device:
+    """The device, or a clear error when it does not exist on this machine.
+
+    >>> check_device("cpu")
+    device(type='cpu')
+    """
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise InputError(f"device {device!r} is not a torch device ({err}); use cpu, cuda, "
+                         "cuda:N or mps") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise InputError(f"device {device!r}: CUDA is not available here (torch "
+                             f"{torch.__version__} {'has no CUDA build' if torch.version.cuda is None else 'sees no GPU'}); "
+                             "use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise InputError(f"device {device!r}: this machine has {torch.cuda.device_count()} "
+                             "CUDA devices")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise InputError(f"device {device!r}: MPS is not available here; use --device cpu")
+    return dev
+
+
 def load_model(name_or_path: str | None = None, *, device: str | torch.device = "cpu",
                dtype: torch.dtype | str = torch.float32, **kwargs):
     """``(model, tokenizer)`` in eval mode, with the model's default attention implementation.
@@ -48,6 +72,7 @@ def load_model(name_or_path: str | None = None, *, device: str | torch.device = 
     """
     from transformers import AutoModel, AutoTokenizer
 
+    check_device(device)
     path = resolve_model(name_or_path)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
@@ -60,6 +85,12 @@ def load_model(name_or_path: str | None = None, *, device: str | torch.device = 
             f"could not load model {path!r} ({where}): {err}. Give a local folder with "
             "config.json, weights and tokenizer files, or a hub name where a network exists"
         ) from err
+    except (ValueError, KeyError, RuntimeError) as err:  # unknown model_type, shape mismatch
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        if "mismatched_sizes" in first:
+            first = "the weights' shapes do not match its config (hidden size, heads, layers)"
+        raise InputError(f"could not load model {path!r}: {first[:300]}. Check its config.json "
+                         "(model_type, sizes) against its weights") from None
     model.to(device).eval()
     return model, tokenizer
 

@@ -121,6 +121,16 @@ def records_from_texts(texts, meta=None, ids=None):
     """Records for an in-memory list of texts (optional per-text meta dicts and ids)."""
     if isinstance(texts, str):
         raise InputError("expected a list of texts, got a single string; wrap it: [text]")
+    texts = list(texts)
+    for name, given in (("meta", meta), ("ids", ids)):
+        if given is not None and len(given) != len(texts):
+            raise InputError(f"{name} has {len(given)} entries for {len(texts)} texts; give one "
+                             "per text, in the same order")
+    if meta is not None:
+        bad = next((i for i, m in enumerate(meta) if not isinstance(m, dict)), None)
+        if bad is not None:
+            raise InputError(f"meta[{bad}] is {type(meta[bad]).__name__}, not a dict; meta holds "
+                             "one dict of fields per text")
     for i, text in enumerate(texts):
         m = dict(meta[i]) if meta is not None else {}
         if ids is not None:

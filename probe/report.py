@@ -24,7 +24,7 @@ def collect(capture, *, window: int = 1):
     """One pass over the examples: per-example metrics ``{name: [example, layer, head]}``,
     the examples' meta, and rows of token importance (raw, rollout, and value-weighted when
     captured)."""
-    has_vw = any(k.endswith(".value_weighted") for k in capture.keys)
+    has_vw = any(k.endswith((".value_weighted", ".value_norm")) for k in capture.keys)
     methods = ("raw", "rollout", "value_weighted") if has_vw else ("raw", "rollout")
     per_example, metas, importance = [], [], []
     for ex in capture:
@@ -93,7 +93,7 @@ def write_report(capture, out_dir, *, group_by=(), window: int = 1) -> list[str]
         write_csv(out_dir / f"by_{field}.csv", grouped, [field, "n", "layer", "head", *M.PROFILE])
         files.append(str(out_dir / f"by_{field}.csv"))
 
-    write_csv(out_dir / "token_importance.csv", importance,
-              ["example", "position", "token", "raw", "value_weighted", "rollout"])
+    methods = [m for m in ("raw", "value_weighted", "rollout") if m in importance[0]]
+    write_csv(out_dir / "token_importance.csv", importance, ["example", "position", "token", *methods])
     files.append(str(out_dir / "token_importance.csv"))
     return files

@@ -177,6 +177,17 @@ def parse_shard(shard) -> tuple[int, int]:
     return k, n
 
 
+def make_parent(path) -> None:
+    """Create the folder that will hold ``path``, or say clearly why it cannot be."""
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as err:
+        raise InputError(f"cannot create the folder {parent} for {path}: {err.strerror}") from None
+    if not os.access(parent, os.W_OK):
+        raise InputError(f"the folder {parent} is not writable; choose another output path")
+
+
 def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: str = "float32",
                     compression: str | None = None, resume: bool = False, truncate: bool = False,
                     window: int = 2048, progress: bool = False, input_name: str | None = None,
@@ -193,9 +204,12 @@ def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: st
     out = os.fspath(out)
     compression_args(compression)  # validate before any work
     check_dtype(dtype)
-    if batch_size < 1 or window < 1:
-        raise InputError("batch_size and window must be at least 1")
+    for name, value in (("batch_size", batch_size), ("window", window)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise InputError(f"{name} must be a whole number of at least 1, got {value!r}")
     exists = os.path.exists(out)
+    if not exists:
+        make_parent(out)
     if exists and not resume:
         raise InputError(f"{out} already exists; pass --resume (resume=True) to continue it, or "
                          "choose another output path (probe never overwrites a run)")
