@@ -23,7 +23,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 SEED = 20261123
-OUT = HERE / "negation_pairs.jsonl"
+OUT = HERE.parent / "probe" / "data" / "negation_pairs.jsonl"  # package data; data/ links to it
 
 # (domain, subject, copula predicate: adjective or "a"/"an" + noun)
 COPULA = [

@@ -15,16 +15,7 @@ import sys
 from pathlib import Path
 
 from .errors import ProbeError
-
-DATA_DIR = Path(__file__).resolve().parent.parent / "data"
-
-
-def bundled(name: str) -> Path:
-    path = DATA_DIR / name
-    if not path.exists():
-        raise ProbeError(f"bundled data file {path} is missing; run from a checkout of probe "
-                         "(pip install -e .) or pass your own file")
-    return path
+from .readers import bundled_path as bundled
 
 
 def _summary(capture, out=sys.stdout) -> None:

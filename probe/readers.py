@@ -29,6 +29,24 @@ class Record:
     line: int = 0
 
 
+DATA_DIR = Path(__file__).resolve().parent / "data"  # package data: works from a wheel too
+
+
+def bundled_path(name: str) -> Path:
+    """A data file shipped inside the package: ``sentences.txt`` (example sentences) or
+    ``negation_pairs.jsonl`` (the bundled negation pairs with their controls).
+
+    >>> bundled_path("negation_pairs.jsonl").name
+    'negation_pairs.jsonl'
+    """
+    path = DATA_DIR / name
+    if not path.exists():
+        raise InputError(f"bundled data file {name!r} is not in this installation of probe "
+                         f"(it has {', '.join(sorted(p.name for p in DATA_DIR.glob('*'))) or 'none'}); "
+                         "reinstall probe, or pass your own file")
+    return path
+
+
 def input_format(path) -> str:
     suffix = Path(path).suffix.lower()
     if suffix in (".jsonl", ".ndjson"):
