@@ -16,6 +16,9 @@ from .errors import InputError
 
 # tokenizers report this (or larger) when they have no real limit
 _NO_LIMIT = 1_000_000
+#: texts longer than this many characters per token of the model's maximum are refused (or
+#: cut, with truncate) before tokenising: English averages 4-5 characters a token
+CHARS_PER_TOKEN_BOUND = 32
 
 
 def max_length_of(model, tokenizer=None) -> int | None:
@@ -54,6 +57,17 @@ def encode(tokenizer, texts, *, max_length: int | None, truncate: bool = False,
             raise InputError(f"example {name}: the text is empty; remove it or give a sentence")
     if not texts:
         raise InputError("no texts given: expected at least one sentence")
+    cut = [False] * len(texts)
+    if max_length is not None:  # refuse (or cut) absurd texts before the tokenizer sees them
+        bound = max_length * CHARS_PER_TOKEN_BOUND
+        for i, (name, text) in enumerate(zip(names, texts)):
+            if len(text) > bound:
+                if not truncate:
+                    raise InputError(
+                        f"example {name} is {len(text):,} characters long; no text over {bound:,} "
+                        f"characters ({CHARS_PER_TOKEN_BOUND} per token of the model's maximum of "
+                        f"{max_length}) fits; shorten it, or pass truncate=True (--truncate) to cut it")
+                texts[i], cut[i] = text[:bound], True
     out = tokenizer(texts, add_special_tokens=True, truncation=False)["input_ids"]
     truncated = []
     for i, (name, row) in enumerate(zip(names, out)):
@@ -65,7 +79,7 @@ def encode(tokenizer, texts, *, max_length: int | None, truncate: bool = False,
             )
         if too_long:
             out[i] = _truncate(tokenizer, row, max_length)
-        truncated.append(too_long)
+        truncated.append(too_long or cut[i])
     return Encoded([list(r) for r in out], truncated)
 
 

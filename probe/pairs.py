@@ -30,13 +30,14 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import re
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from .errors import InputError
-from .readers import json_object
+from .readers import json_object, split_lines
 
 REQUIRED = ("id", "original", "counterfactual")
 OPTIONAL = ("kind", "target", "group", "control", "cue", "cluster")
@@ -70,7 +71,7 @@ def _rows(path: Path):
         raise InputError(f"{path}:{line}: not valid UTF-8 ({err.reason})") from None
     text = text.removeprefix("\ufeff")
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines())
+        reader = csv.DictReader(io.StringIO(text, newline=""))
         missing = [c for c in REQUIRED if c not in (reader.fieldnames or [])]
         if missing:
             raise InputError(f"{path}:1: CSV header lacks {', '.join(missing)} "
@@ -78,7 +79,7 @@ def _rows(path: Path):
         for row in reader:
             yield reader.line_num, dict(row)
         return
-    for number, line in enumerate(text.splitlines(), start=1):
+    for number, line in enumerate(split_lines(text), start=1):
         if not line.strip():
             continue
         yield number, json_object(path, number, line)

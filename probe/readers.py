@@ -13,8 +13,8 @@ of the input, kept as per-example metadata.
 from __future__ import annotations
 
 import csv
-
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,21 +56,42 @@ def input_format(path) -> str:
     return "txt"
 
 
+_BREAK = re.compile(r"\r\n|\r|\n")
+
+
+def split_lines(text: str) -> list[str]:
+    r"""Lines of a text: ``\r\n``, ``\r`` and ``\n`` are line breaks, nothing else (not the
+    other Unicode separators that ``str.splitlines`` also cuts at).
+
+    >>> split_lines("a\r\nb\rc\nd\u2028e")
+    ['a', 'b', 'c', 'd\u2028e']
+    """
+    lines = _BREAK.split(text)
+    return lines[:-1] if lines and lines[-1] == "" else lines
+
+
 def _lines(path: Path):
-    """(line number, text) of a UTF-8 file, failing on the first undecodable line."""
+    """(line number, text) of a UTF-8 file, failing on the first undecodable line. A byte
+    order mark at the start is dropped; ``\r\n``, ``\r`` and ``\n`` end lines."""
     try:
         handle = open(path, "rb")
     except FileNotFoundError:
         raise InputError(f"input file {path} does not exist") from None
     except IsADirectoryError:
         raise InputError(f"input {path} is a directory; give a .txt, .jsonl or .csv file") from None
+    number = 0
     with handle:
-        for number, raw in enumerate(handle, start=1):
+        for raw in handle:
             try:
-                yield number, raw.decode("utf-8").rstrip("\r\n")
+                text = raw.decode("utf-8")
             except UnicodeDecodeError as err:
-                raise InputError(f"{path}:{number}: not valid UTF-8 ({err.reason} at byte "
+                raise InputError(f"{path}:{number + 1}: not valid UTF-8 ({err.reason} at byte "
                                  f"{err.start}); re-encode the file as UTF-8") from None
+            if number == 0:
+                text = text.removeprefix("\ufeff")
+            for line in split_lines(text) or [""]:
+                number += 1
+                yield number, line
 
 
 def iter_records(path, *, skip_blank: bool = False):
@@ -99,15 +120,43 @@ def iter_records(path, *, skip_blank: bool = False):
         index += 1
 
 
+def _no_constant(name):
+    raise ValueError(f"{name} is not JSON (the JSON standard has no NaN or Infinity)")
+
+
 def json_object(path, number: int, line: str) -> dict:
-    """One JSONL line as a dict, or an error naming the file and line."""
+    """One JSONL line as a dict, or an error naming the file and line: strict JSON (no NaN or
+    Infinity), and no lone surrogate (``\ud800``), which no UTF-8 file can hold."""
     try:
-        obj = json.loads(line)
+        obj = json.loads(line, parse_constant=_no_constant)
     except json.JSONDecodeError as err:
         raise InputError(f"{path}:{number}: malformed JSON ({err.msg} at column {err.colno})") from None
+    except ValueError as err:
+        raise InputError(f"{path}:{number}: {err}") from None
     if not isinstance(obj, dict):
         raise InputError(f"{path}:{number}: expected a JSON object, got {type(obj).__name__}")
+    bad = _surrogate(obj)
+    if bad is not None:
+        raise InputError(f"{path}:{number}: {bad} holds a lone surrogate escape (such as \\ud800), "
+                         "which is not a character; fix the text")
     return obj
+
+
+def _surrogate(value, where="a value"):
+    """Where a string inside ``value`` holds a lone surrogate (None if none does)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return where
+        return None
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for k, v in items:
+        found = _surrogate(k, "a field name") if isinstance(k, str) else None
+        found = found or _surrogate(v, f"field {k!r}" if isinstance(k, str) else where)
+        if found:
+            return found
+    return None
 
 
 def _parse_json_line(path, number, line):

@@ -1,0 +1,78 @@
+"""The input rules the README states: line breaks, byte order marks, strict JSON, lone
+surrogates, and over-long texts refused before the tokenizer sees them."""
+
+from __future__ import annotations
+
+import pytest
+
+from probe import InputError
+from probe.inputs import CHARS_PER_TOKEN_BOUND, encode
+from probe.pairs import load_pairs
+from probe.readers import iter_records
+
+
+def _texts(path):
+    return [r.text for r in iter_records(path)]
+
+
+def test_line_breaks_and_bom(tmp_path):
+    txt = tmp_path / "a.txt"
+    txt.write_bytes("\ufeffone\r\ntwo\rthree\nfour\u2028still four\n".encode("utf-8"))
+    assert _texts(txt) == ["one", "two", "three", "four\u2028still four"]
+    jl = tmp_path / "a.jsonl"
+    jl.write_bytes('\ufeff{"text": "x"}\r{"text": "y"}\r\n'.encode("utf-8"))
+    assert _texts(jl) == ["x", "y"]
+    cs = tmp_path / "a.csv"
+    cs.write_bytes('\ufefftext,kind\r\n"a, b",k\r\n"multi\nline",k\r\n'.encode("utf-8"))
+    assert _texts(cs) == ["a, b", "multi\nline"]
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_bytes('\ufeff{"id": "a", "original": "X.", "counterfactual": "Y."}\r'
+                      '{"id": "b", "original": "X.", "counterfactual": "Z."}'.encode("utf-8"))
+    assert [p.id for p in load_pairs(pairs)] == ["a", "b"]
+    # a number on a later line is right after \r-only line breaks
+    bad = tmp_path / "b.txt"
+    bad.write_bytes(b"one\rtwo\r\xff\n")
+    with pytest.raises(InputError, match=r"b\.txt:1: not valid UTF-8"):
+        _texts(bad)
+
+
+@pytest.mark.parametrize("line,message", [
+    ('{"text": "x", "score": NaN}', "NaN is not JSON"),
+    ('{"text": "x", "score": Infinity}', "Infinity is not JSON"),
+    ('{"text": "a \\ud800 b"}', "field 'text' holds a lone surrogate"),
+    ('{"text": "x", "meta": {"k": ["\\udfff"]}}', "field 'k' holds a lone surrogate"),
+])
+def test_strict_json(tmp_path, line, message):
+    path = tmp_path / "x.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(InputError, match=message):
+        _texts(path)
+    pairs = tmp_path / "p.jsonl"
+    pairs.write_text(line.replace('{"text": ', '{"id": "a", "original": "o", "counterfactual": ') + "\n")
+    with pytest.raises(InputError, match=message.split(" holds")[0].replace("'text'", "'counterfactual'")):
+        load_pairs(pairs)
+
+
+class CountingTokenizer:
+    """Splits on spaces and counts the characters it was given."""
+
+    all_special_ids = [1]
+
+    def __init__(self):
+        self.seen = 0
+
+    def __call__(self, texts, **_):
+        self.seen += sum(len(t) for t in texts)
+        return {"input_ids": [[0] + [2] * len(t.split()) + [1] for t in texts]}
+
+
+def test_over_long_texts_are_refused_before_tokenising():
+    tok = CountingTokenizer()
+    huge = "x" * (10 * CHARS_PER_TOKEN_BOUND + 1)
+    with pytest.raises(InputError, match=r"example #1 is 321 characters long; no text over 320"):
+        encode(tok, ["fine", huge], max_length=10)
+    assert tok.seen == 0
+    out = encode(tok, ["fine", huge], max_length=10, truncate=True)
+    assert tok.seen == 4 + 320 and out.truncated == [False, True]
+    with pytest.raises(InputError, match="more than the model's maximum of 10"):
+        encode(tok, ["a " * 20], max_length=10)
