@@ -57,13 +57,21 @@ def cell(value):
     return value
 
 
-def write_csv(path, rows, columns) -> None:
-    """Write ``rows`` (dicts) with ``columns`` to ``path``, atomically."""
+@contextlib.contextmanager
+def csv_rows(path, columns):
+    """A function that writes one row (a dict) to ``path``; the file appears, complete, when
+    the block ends without an exception. Rows stream: nothing is held in memory."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
+        yield lambda row: writer.writerow({k: cell(row.get(k, "")) for k in columns})
+
+
+def write_csv(path, rows, columns) -> None:
+    """Write ``rows`` (dicts) with ``columns`` to ``path``, atomically."""
+    with csv_rows(path, columns) as write:
         for row in rows:
-            writer.writerow({k: cell(row.get(k, "")) for k in columns})
+            write(row)
 
 
 def begin_folder(folder) -> Path:

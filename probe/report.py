@@ -17,34 +17,36 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics as M
-from .outputs import write_csv
+from .outputs import csv_rows, write_csv
 
 
-def collect(capture, *, window: int = 1):
-    """One pass over the examples: per-example metrics ``{name: [example, layer, head]}``,
-    the examples' meta, and rows of token importance (raw, rollout, and value-weighted when
-    captured)."""
-    has_vw = any(k.endswith((".value_weighted", ".value_norm")) for k in capture.keys)
-    methods = ("raw", "rollout", "value_weighted") if has_vw else ("raw", "rollout")
-    per_example, metas, importance = [], [], []
-    for ex in capture:
-        per_example.append(M.example_metrics(ex, capture.layers, window))
-        metas.append({"index": ex.index, "text": ex.text, **ex.meta})
-        values = {m: M.token_importance(ex, m) for m in methods}
-        importance += [{"example": ex.index, "position": t, "token": token,
-                        **{m: v[t] for m, v in values.items()}}
-                       for t, token in enumerate(ex.tokens)]
-    names = list(per_example[0])
-    return {n: np.stack([m[n] for m in per_example]) for n in names}, metas, importance
+class Means:
+    """NaN-aware running means of ``[layer, head]`` arrays, per name: flat memory in N."""
 
+    def __init__(self):
+        self.sums: dict[str, np.ndarray] = {}
+        self.counts: dict[str, np.ndarray] = {}
+        self.n = 0
 
-def head_profile(values: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    with np.errstate(invalid="ignore"):
-        return {n: np.nanmean(v, axis=0) for n, v in values.items() if n in M.PROFILE}
+    def add(self, values: dict[str, np.ndarray]) -> None:
+        self.n += 1
+        for name in M.PROFILE:
+            v = np.asarray(values[name], dtype=np.float64)
+            ok = ~np.isnan(v)
+            if name not in self.sums:
+                self.sums[name], self.counts[name] = np.zeros(v.shape), np.zeros(v.shape)
+            self.sums[name] += np.where(ok, v, 0.0)
+            self.counts[name] += ok
+
+    def profile(self) -> dict[str, np.ndarray]:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            return {n: np.where(self.counts[n] > 0, self.sums[n] / self.counts[n], np.nan)
+                    for n in self.sums}
 
 
 def write_report(capture, out_dir, *, group_by=(), window: int = 1) -> list[str]:
-    """Write the CSV tables of the module docstring for ``capture`` into ``out_dir``.
+    """Write the CSV tables of the module docstring for ``capture`` into ``out_dir``, in one
+    streaming pass over the examples (memory does not grow with their number).
 
     >>> import tempfile
     >>> from probe.captures import Capture, CapturedBatch
@@ -53,47 +55,47 @@ def write_report(capture, out_dir, *, group_by=(), window: int = 1) -> list[str]
     ...                       meta=[{"kind": "x"}, {"kind": "y"}])
     >>> capture = Capture([batch.example(i, index=i) for i in range(2)], batch.keys)
     >>> [f.rsplit("/", 1)[1] for f in write_report(capture, tempfile.mkdtemp(), group_by=["kind"])]
-    ['example_metrics.csv', 'head_summary.csv', 'by_kind.csv', 'token_importance.csv']
+    ['example_metrics.csv', 'token_importance.csv', 'head_summary.csv', 'by_kind.csv']
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    values, metas, importance = collect(capture, window=window)
     layers = list(capture.layers)
-    n_heads = values["entropy"].shape[2]
-    files = []
-    rows = []
-    for e, meta in enumerate(metas):
-        for li, layer in enumerate(layers):
-            for head in range(n_heads):
-                row = {"example": meta["index"], "layer": layer, "head": head,
-                       **{g: meta.get(g, "") for g in group_by}}
-                row.update({n: values[n][e, li, head] for n in values})
-                rows.append(row)
-    cols = ["example", "layer", "head", *group_by, "sink_token", *M.PROFILE]
-    write_csv(out_dir / "example_metrics.csv", rows, cols)
-    files.append(str(out_dir / "example_metrics.csv"))
-
-    profile = head_profile(values)
+    has_vw = any(k.endswith((".value_weighted", ".value_norm")) for k in capture.keys)
+    methods = ("raw", "value_weighted", "rollout") if has_vw else ("raw", "rollout")
+    overall, groups = Means(), {field: {} for field in group_by}
+    files = [str(out_dir / "example_metrics.csv"), str(out_dir / "token_importance.csv")]
+    with csv_rows(files[0], ["example", "layer", "head", *group_by, "sink_token", *M.PROFILE]) as metric_row, \
+            csv_rows(files[1], ["example", "position", "token", *methods]) as token_row:
+        for ex in capture:
+            values = M.example_metrics(ex, layers, window)
+            overall.add(values)
+            labels = {g: ex.meta.get(g, "") for g in group_by}
+            for field, label in labels.items():
+                groups[field].setdefault(str(label), Means()).add(values)
+            for li, layer in enumerate(layers):
+                for head in range(values["entropy"].shape[1]):
+                    metric_row({"example": ex.index, "layer": layer, "head": head, **labels,
+                                **{n: values[n][li, head] for n in values}})
+            importance = {m: M.token_importance(ex, m) for m in methods}
+            for t, token in enumerate(ex.tokens):
+                token_row({"example": ex.index, "position": t, "token": token,
+                           **{m: v[t] for m, v in importance.items()}})
+    profile = overall.profile()
     classes = M.classify_heads(profile)
-    summary = [{"layer": layer, "head": head, "class": classes[li, head],
-                **{n: profile[n][li, head] for n in M.PROFILE}}
-               for li, layer in enumerate(layers) for head in range(n_heads)]
-    write_csv(out_dir / "head_summary.csv", summary, ["layer", "head", "class", *M.PROFILE])
+    n_heads = classes.shape[1]
     files.append(str(out_dir / "head_summary.csv"))
-
+    write_csv(files[-1], ({"layer": layer, "head": head, "class": classes[li, head],
+                           **{n: profile[n][li, head] for n in M.PROFILE}}
+                          for li, layer in enumerate(layers) for head in range(n_heads)),
+              ["layer", "head", "class", *M.PROFILE])
     for field in group_by:
-        labels = np.array([str(m.get(field, "")) for m in metas])
-        grouped = []
-        for label in sorted(set(labels)):
-            pick = labels == label
-            prof = head_profile({n: v[pick] for n, v in values.items()})
-            grouped += [{field: label, "n": int(pick.sum()), "layer": layer, "head": head,
-                         **{n: prof[n][li, head] for n in M.PROFILE}}
-                        for li, layer in enumerate(layers) for head in range(n_heads)]
-        write_csv(out_dir / f"by_{field}.csv", grouped, [field, "n", "layer", "head", *M.PROFILE])
+        rows = []
+        for label in sorted(groups[field]):
+            means = groups[field][label]
+            prof = means.profile()
+            rows += [{field: label, "n": means.n, "layer": layer, "head": head,
+                      **{n: prof[n][li, head] for n in M.PROFILE}}
+                     for li, layer in enumerate(layers) for head in range(n_heads)]
         files.append(str(out_dir / f"by_{field}.csv"))
-
-    methods = [m for m in ("raw", "value_weighted", "rollout") if m in importance[0]]
-    write_csv(out_dir / "token_importance.csv", importance, ["example", "position", "token", *methods])
-    files.append(str(out_dir / "token_importance.csv"))
+        write_csv(files[-1], rows, [field, "n", "layer", "head", *M.PROFILE])
     return files
