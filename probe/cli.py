@@ -22,6 +22,7 @@ def _summary(capture, out=sys.stdout) -> None:
     import numpy as np
 
     from .metrics import first_token_attention, mean_row_entropy
+    from .names import key
 
     layers = capture.layers
     print(f"captured {len(capture)} examples, layers {layers[0]}..{layers[-1]}, "
@@ -35,7 +36,7 @@ def _summary(capture, out=sys.stdout) -> None:
         print("    tokens: " + " ".join(ex.tokens), file=out)
         n = len(ex.tokens)
         for layer in layers:
-            pattern = ex[f"blocks.{layer}.attn.pattern"]
+            pattern = ex[key(layer, "pattern")]
             ent = mean_row_entropy(pattern).mean()
             first = first_token_attention(pattern)
             top = int(np.argmax(first))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import numpy as np
 
 from .align import is_special, normalize
+from .names import key, layers_of
 
 #: Function words (closed classes: determiners, pronouns, prepositions, conjunctions,
 #: auxiliaries and modals, particles) used by :func:`content_function_ratio`; any other
@@ -230,14 +231,14 @@ def token_importance(example, method: str = "raw", layers=None) -> np.ndarray:
     """
     layers = list(layers) if layers is not None else _layers(example)
     if method == "raw":
-        p = np.stack([example[f"blocks.{l}.attn.pattern"] for l in layers])
+        p = np.stack([example[key(l, "pattern")] for l in layers])
         out = received(p).mean((0, 1))
     elif method == "value_weighted":
         vw = _f64(np.stack([value_weighted_of(example, l) for l in layers]))
         vw = vw / vw.sum(-1, keepdims=True)
         out = received(vw).mean((0, 1))
     elif method == "rollout":
-        p = np.stack([example[f"blocks.{l}.attn.pattern"] for l in layers])
+        p = np.stack([example[key(l, "pattern")] for l in layers])
         out = attention_rollout(p).mean(0)
     else:
         raise ValueError(f"unknown method {method!r}: raw, value_weighted or rollout")
@@ -247,14 +248,14 @@ def token_importance(example, method: str = "raw", layers=None) -> np.ndarray:
 def value_weighted_of(example, layer: int) -> np.ndarray:
     """``[head, query, key]`` value-weighted attention of a layer: captured, or derived from
     pattern and value_norm (``pattern * value_norm[:, None, :]``) when only those were kept."""
-    key = f"blocks.{layer}.attn.value_weighted"
-    if key in example:
-        return example[key]
-    return example[f"blocks.{layer}.attn.pattern"] * example[f"blocks.{layer}.attn.value_norm"][:, None, :]
+    name = key(layer, "value_weighted")
+    if name in example:
+        return example[name]
+    return example[key(layer, "pattern")] * example[key(layer, "value_norm")][:, None, :]
 
 
 def _layers(example) -> list[int]:
-    return sorted({int(k.split(".")[1]) for k in example if k.endswith(".pattern")})
+    return layers_of(example, "pattern")
 
 
 #: per-head profile metrics, in :func:`example_metrics` and the head summary
@@ -265,7 +266,7 @@ PROFILE = ("first_token", "first_token_max", "sink_share", "self", "previous", "
 def example_metrics(example, layers=None, window: int = 1) -> dict[str, np.ndarray]:
     """Every per-head metric of one example: ``{name: [layer, head]}`` plus ``sink_token``."""
     layers = list(layers) if layers is not None else _layers(example)
-    p = _f64(np.stack([example[f"blocks.{l}.attn.pattern"] for l in layers]))
+    p = _f64(np.stack([example[key(l, "pattern")] for l in layers]))
     sink, share = sink_token(p)
     entropy, bound = mean_row_entropy(p), uniform_entropy_bound(p)
     with np.errstate(invalid="ignore", divide="ignore"):

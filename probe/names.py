@@ -125,3 +125,18 @@ def required_components(components) -> tuple[str, ...]:
     for c in normalize_components(components):
         need.update(DERIVED.get(c, (c,)))
     return tuple(c for c in COMPONENTS if c in need)
+
+
+def layers_of(keys, component: str | None = None) -> list[int]:
+    """Sorted layers among ``keys`` (an Example iterates its keys), optionally only those
+    holding ``component``.
+
+    >>> layers_of(["blocks.2.attn.pattern", "blocks.0.attn.q", "blocks.0.attn.pattern"], "pattern")
+    [0, 2]
+    """
+    found = set()
+    for k in keys:
+        layer, comp = parse_key(k)
+        if component is None or comp == component:
+            found.add(layer)
+    return sorted(found)

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Rectangle
 
+from .names import key, layers_of
+
 
 def _pattern_panel(ax, matrix, tokens_q, tokens_k, title, vmax=None):
     im = ax.imshow(matrix, cmap="viridis", vmin=0, vmax=vmax, aspect="auto")
@@ -26,7 +28,7 @@ def _pattern_panel(ax, matrix, tokens_q, tokens_k, title, vmax=None):
 def pair_figure(original, counterfactual, layer: int, head: int, *, title: str | None = None):
     """Four panels for one pair at one layer and head: original and counterfactual patterns,
     original and counterfactual value-weighted patterns, with token labels on both axes."""
-    key_p, key_v = f"blocks.{layer}.attn.pattern", f"blocks.{layer}.attn.value_weighted"
+    key_p, key_v = key(layer, "pattern"), key(layer, "value_weighted")
     fig, axes = plt.subplots(2, 2, figsize=(11, 10), constrained_layout=True)
     vw_max = max(float(original[key_v][head].max()), float(counterfactual[key_v][head].max()))
     for col, (name, ex) in enumerate((("original", original), ("counterfactual", counterfactual))):
@@ -154,10 +156,10 @@ def save(fig, path_without_suffix) -> list[str]:
 
 def pattern_figure(example, layer: int, head: int, *, value_weighted: bool = False):
     """One head's pattern (or value-weighted pattern) with token labels on both axes."""
-    key = f"blocks.{layer}.attn.{'value_weighted' if value_weighted else 'pattern'}"
+    name = key(layer, "value_weighted" if value_weighted else "pattern")
     n = len(example.tokens)
     fig, ax = plt.subplots(figsize=(max(4, 0.3 * n + 2), max(3.5, 0.3 * n + 1.5)), constrained_layout=True)
-    im = _pattern_panel(ax, example[key][head], example.tokens, example.tokens,
+    im = _pattern_panel(ax, example[name][head], example.tokens, example.tokens,
                         f"layer {layer}, head {head}" + (" (value-weighted)" if value_weighted else ""),
                         vmax=None if value_weighted else 1.0)
     fig.colorbar(im, ax=ax, label="||alpha f(x)||" if value_weighted else "attention weight")
@@ -167,12 +169,12 @@ def pattern_figure(example, layer: int, head: int, *, value_weighted: bool = Fal
 def head_grid(example, layers=None):
     """Small multiples of every head's pattern for one example: rows are layers, columns heads."""
     layers = list(layers) if layers is not None else sorted(
-        {int(k.split(".")[1]) for k in example if k.endswith(".pattern")})
-    heads = example[f"blocks.{layers[0]}.attn.pattern"].shape[0]
+        layers_of(example, "pattern"))
+    heads = example[key(layers[0], "pattern")].shape[0]
     fig, axes = plt.subplots(len(layers), heads, figsize=(1.3 * heads, 1.3 * len(layers)),
                              squeeze=False, constrained_layout=True)
     for r, layer in enumerate(layers):
-        pattern = example[f"blocks.{layer}.attn.pattern"]
+        pattern = example[key(layer, "pattern")]
         for h in range(heads):
             ax = axes[r, h]
             ax.imshow(pattern[h], cmap="viridis", vmin=0, vmax=1)
