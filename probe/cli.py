@@ -237,10 +237,21 @@ def cmd_metrics(args) -> int:
 
 
 def cmd_view(args) -> int:
+    import os
+
+    import h5py
+
     from .errors import InputError
     from .store import open_run
     from .view import build_view
 
+    out = Path(args.out)
+    # never write the page over the run (or any HDF5 file): a typo must not destroy a capture
+    if os.path.realpath(out) == os.path.realpath(args.run) or (
+            out.exists() and (out.is_dir() or h5py.is_hdf5(out)
+                              or (os.path.exists(args.run) and os.path.samefile(out, args.run)))):
+        raise InputError(f"--out {out} is the run file, an HDF5 file or a folder; the view is an "
+                         "HTML page: give it its own name (e.g. view.html)")
     with open_run(args.run) as run:
         if not 0 <= args.example < len(run):
             raise InputError(f"--example {args.example}: the run holds examples 0..{len(run) - 1}")
@@ -256,7 +267,16 @@ def cmd_view(args) -> int:
             if other is not None and ex.meta["side"] == "counterfactual":
                 ex, other = other, ex
         page = build_view(ex, other, title=None if other is None else f"{ex.text} / {other.text}")
-    Path(args.out).write_text(page, encoding="utf-8")
+    # written beside its final name and moved into place: a failed write leaves no half page
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "x", encoding="utf-8") as fh:
+            fh.write(page)
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
     print(f"wrote {args.out} ({len(page) / 1e3:.0f} kB){' for a pair' if other is not None else ''}")
     return 0
 

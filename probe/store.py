@@ -31,8 +31,10 @@ from __future__ import annotations
 
 import ctypes
 import glob
+import hashlib
 import json
 import os
+import uuid
 from collections.abc import Sequence
 
 import h5py
@@ -42,6 +44,7 @@ from . import names
 from .attention import value_weighted
 from .captures import Capture, Example, KeyedSequence
 from .errors import InputError, ProbeError
+from .lock import WriterLock, locked_error
 
 SCHEMA = "probe.run"
 SCHEMA_VERSION = 1
@@ -56,6 +59,14 @@ DTYPES = {"float32": np.float32, "float16": np.float16}
 
 class SchemaError(ProbeError):
     """The file is not a probe run of a schema version this code reads."""
+
+
+class UnsafeRunError(SchemaError):
+    """The file links to data outside itself (or outside its folder), which probe never writes."""
+
+
+class ShardError(ProbeError):
+    """A combined run's shard files are missing or are not the ones it was combined from."""
 
 
 def dataset_path(key: str) -> str:
@@ -122,6 +133,17 @@ def open_file(path, writable: bool = False) -> h5py.File:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"run file {path} does not exist")
+    try:
+        return _open_file(path, writable)
+    except OSError as err:
+        # HDF5's own file lock: another process has the file open for writing (not in SWMR
+        # mode, so not a probe writer of this version, which holds RUN.h5.lock as well)
+        if isinstance(err, BlockingIOError) or "unable to lock file" in str(err):
+            raise locked_error(path, hdf5=True) from None
+        raise
+
+
+def _open_file(path: str, writable: bool) -> h5py.File:
     if writable and _hdf5_library() is not None:
         if not h5py.is_hdf5(path):
             raise InputError(f"{path} is not an HDF5 file; probe will not write to it")
@@ -129,6 +151,8 @@ def open_file(path, writable: bool = False) -> h5py.File:
     try:
         return h5py.File(path, "r+" if writable else "r", libver="latest" if writable else None)
     except OSError as err:
+        if isinstance(err, BlockingIOError):
+            raise
         if "already open" not in str(err) and "consistency flags" not in str(err):
             if writable:
                 raise InputError(f"{path} cannot be opened as an HDF5 file for writing: {err}") from None
@@ -151,6 +175,93 @@ def check_schema(f: h5py.File, path) -> None:
         raise SchemaError(f"{path} has schema version {version}; this probe ({SCHEMA_VERSION}) "
                           "cannot read it. Open it with the probe version that wrote it "
                           f"(probe_version={f.attrs.get('probe_version')!r}) or re-run the capture")
+
+
+def check_contents(f: h5py.File, path) -> None:
+    """Refuse a file whose data lives outside it, and a combined run whose shards are gone.
+
+    probe writes hard links only, and virtual datasets only in combined runs, over shard
+    files beside them. HDF5 would follow an external link or a virtual dataset's source to
+    any file on the machine (and a relative source it cannot find beside the run is looked
+    up in the working directory), so a crafted run could put other files' bytes into a view
+    or a combined run. Refused: external links, soft links that lead nowhere in the file,
+    datasets stored in external raw files, virtual sources that resolve (after symlinks) outside the run's folder, that are missing,
+    that are not plain runs themselves, or that are not the shards the run was combined from
+    (the ``shard_ids`` attribute, when present).
+    """
+    path = os.fspath(path)
+    expected = json.loads(_attr(f.attrs.get("shard_ids", "{}")) or "{}")
+    for name, real in _outside_refs(f, path, allow_virtual=True).items():
+        if not os.path.isfile(real):
+            raise ShardError(f"{path} reads its tensors from the shard {name}, which is missing "
+                             f"(looked for {real}); keep the shard files beside the combined "
+                             "file, or combine them again")
+        with open_file(real) as g:
+            _outside_refs(g, real, allow_virtual=False)
+            want = expected.get(name)
+            if want is not None and _shard_identity(g, want.get("rows")) != want:
+                raise ShardError(f"{path}: the shard {name} is not the file this run was combined "
+                                 f"from (its run id or index differs from {want}); put the original "
+                                 "shard back, or combine the current shards into a new file")
+
+
+def _outside_refs(f: h5py.File, path: str, *, allow_virtual: bool) -> dict[str, str]:
+    """Walk every object of ``f``; refuse links out of the file; return the virtual datasets'
+    source files as {name as stored: real path}, each checked to lie in the file's folder."""
+    folder = os.path.dirname(os.path.abspath(path))
+    real_folder = os.path.realpath(folder)
+    sources: dict[str, str] = {}
+    seen = set()
+
+    def refuse(where, what):
+        raise UnsafeRunError(f"{path}: {where} {what}; probe writes no such thing and will not "
+                             "follow it (the file may be crafted). Use a run file written by probe")
+
+    def walk(group, prefix):
+        for name in group:
+            where = f"{prefix}/{name}"
+            link = group.get(name, getlink=True)
+            if isinstance(link, h5py.ExternalLink):
+                refuse(where, f"is an external link to {link.filename}:{link.path}")
+            if isinstance(link, h5py.SoftLink):
+                if group.get(name) is None:
+                    refuse(where, f"is a soft link to {link.path}, which is not in the file")
+                continue  # its target is walked on its own path
+            obj = group[name]
+            if obj.id in seen:
+                continue
+            seen.add(obj.id)
+            if isinstance(obj, h5py.Group):
+                walk(obj, where)
+            elif isinstance(obj, h5py.Dataset) and obj.external:
+                refuse(where, f"keeps its data in the external raw file {obj.external[0][0]!r}")
+            elif isinstance(obj, h5py.Dataset) and obj.is_virtual:
+                if not allow_virtual:
+                    refuse(where, "is a virtual dataset inside a shard")
+                for vmap in obj.virtual_sources():
+                    src = vmap.file_name
+                    if src == ".":
+                        continue
+                    real = os.path.realpath(os.path.join(folder, src))
+                    if "%" in src or os.path.commonpath([real, real_folder]) != real_folder:
+                        refuse(where, f"is a virtual dataset reading {src}, outside the run's "
+                                      f"folder {real_folder}")
+                    sources[src] = real
+
+    walk(f, "")
+    return sources
+
+
+def _shard_identity(f: h5py.File, rows: int | None) -> dict:
+    """What a combined run records of each shard: its random ``run_id``, or (shards written
+    before run ids) its ``created`` time and a checksum of its first ``rows`` index rows."""
+    if "run_id" in f.attrs:
+        return {"run_id": str(_attr(f.attrs["run_id"]))}
+    digest = hashlib.blake2b(digest_size=16)
+    for name in INDEX_FIELDS:
+        digest.update(np.ascontiguousarray(f[f"index/{name}"][:rows]).tobytes())
+    return {"created": str(_attr(f.attrs.get("created", ""))), "rows": rows,
+            "index_blake2b": digest.hexdigest()}
 
 
 # ------------------------------------------------------------------------- layout helpers
@@ -218,8 +329,9 @@ class RunWriter:
     keep it consistent on disk, so after a crash every row below ``n_done`` is intact.
     """
 
-    def __init__(self, f: h5py.File, dtype: str):
+    def __init__(self, f: h5py.File, dtype: str, lock: WriterLock | None = None):
         self.f = f
+        self.lock = lock  # held from creation or reopening until close()
         self.dtype = DTYPES[dtype]
         self._load_cursor()
         # handles and attributes looked up once: h5py lookups cost more than small writes
@@ -246,10 +358,16 @@ class RunWriter:
         # built under a temporary name and linked into place once in SWMR mode, so a crash
         # during creation never leaves a half-made run at `path`
         final, path = os.fspath(path), f"{os.fspath(path)}.creating-{os.getpid()}"
-        f = h5py.File(path, "w-", libver="latest")
+        lock = WriterLock(final).acquire()
+        try:
+            f = h5py.File(path, "w-", libver="latest")
+        except BaseException:
+            lock.release()
+            raise
         try:
             for k, v in attrs.items():
                 f.attrs[k] = _attr_value(v)
+            f.attrs["run_id"] = uuid.uuid4().hex  # what a combined run checks its shards by
             f.attrs["schema"] = SCHEMA
             f.attrs["schema_version"] = SCHEMA_VERSION
             f.create_dataset("state/n_done", data=np.zeros(1, np.int64))
@@ -281,19 +399,29 @@ class RunWriter:
             f.close()
             if os.path.exists(path):
                 os.unlink(path)
+            lock.release()
             raise
-        return cls(f, dtype)
+        return cls(f, dtype, lock)
 
     @classmethod
     def reopen(cls, path, *, dtype: str):
         """Reopen an unfinished run for appending; rows past the last commit are dropped."""
-        f = open_file(path, writable=True)
-        check_schema(f, path)
-        writer = cls(f, dtype)
-        writer._truncate_to_commit()
-        f.flush()
-        if not f.swmr_mode:
-            f.swmr_mode = True
+        lock = WriterLock(path).acquire()  # before anything touches the file (flags, rows)
+        f = None
+        try:
+            f = open_file(path, writable=True)
+            check_schema(f, path)
+            check_contents(f, path)
+            writer = cls(f, dtype, lock)
+            writer._truncate_to_commit()
+            f.flush()
+            if not f.swmr_mode:
+                f.swmr_mode = True
+        except BaseException:
+            if f is not None and f.id.valid:
+                f.close()
+            lock.release()
+            raise
         return writer
 
     # state ------------------------------------------------------------------
@@ -375,8 +503,12 @@ class RunWriter:
         self.f.flush()
 
     def close(self) -> None:
-        if self.f.id.valid:
-            self.f.close()
+        try:
+            if self.f.id.valid:
+                self.f.close()
+        finally:
+            if self.lock is not None:
+                self.lock.release()
 
 
 def _attr_value(value):
@@ -434,6 +566,7 @@ class Run(KeyedSequence):
         self._handles: dict = {}
         try:
             check_schema(self.f, self.path)
+            check_contents(self.f, self.path)
             self.attrs = {k: _attr(v) for k, v in self.f.attrs.items()}
             self._load_index()
         except BaseException:
@@ -632,14 +765,21 @@ def combine(shards, out, *, allow_incomplete: bool = False) -> None:
         raise InputError("shards overlap: some examples appear in more than one shard")
 
     base = os.path.dirname(os.path.abspath(out))
+    real_base = os.path.realpath(base)
+    for p in parts:  # open_run reads virtual sources only from the run's own folder
+        if os.path.commonpath([os.path.realpath(p["path"]), real_base]) != real_base:
+            raise InputError(f"{p['path']} is not in the folder of {out} ({real_base}); the "
+                             "combined file reads its tensors from its shards, which must lie in "
+                             "its folder: write --out beside the shards")
     tmp = f"{out}.creating-{os.getpid()}"
-    try:
-        _write_combined(tmp, parts, first, unfinished, n_total, base)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _publish(tmp, out)
+    with WriterLock(out):
+        try:
+            _write_combined(tmp, parts, first, unfinished, n_total, base)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
+        _publish(tmp, out)
 
 
 def _write_combined(tmp, parts, first, unfinished, n_total, base) -> None:
@@ -647,8 +787,11 @@ def _write_combined(tmp, parts, first, unfinished, n_total, base) -> None:
         for k, v in first["attrs"].items():
             f.attrs[k] = _attr_value(v)
         f.attrs["shard"] = "combined"
-        f.attrs["shards"] = _attr_value([os.path.relpath(os.path.abspath(p["path"]), base)
-                                         for p in parts])
+        rels = [os.path.relpath(os.path.abspath(p["path"]), base) for p in parts]
+        f.attrs["shards"] = _attr_value(rels)
+        # checked at every open: the shards beside the file must still be these
+        f.attrs["shard_ids"] = json.dumps({rel: p["identity"] for rel, p in zip(rels, parts)})
+        f.attrs["run_id"] = uuid.uuid4().hex
         f.attrs["created"] = utc_now()
         n_rows = sum(p["n"] for p in parts)
         f.create_dataset("state/n_done", data=np.array([n_rows], np.int64))
@@ -696,10 +839,12 @@ def _write_combined(tmp, parts, first, unfinished, n_total, base) -> None:
 def _shard_info(path: str) -> dict:
     with open_file(path) as f:
         check_schema(f, path)
+        _outside_refs(f, path, allow_virtual=False)
         n = int(f["state/n_done"][0])
         index = {name: f[f"index/{name}"][:n] for name in INDEX_FIELDS}
         info = {"path": path, "n": n, "complete": bool(f["state/complete"][0]), "index": index,
-                "attrs": {k: _attr(v) for k, v in f.attrs.items()}, "layout": {}, "full": {}}
+                "attrs": {k: _attr(v) for k, v in f.attrs.items()}, "layout": {}, "full": {},
+                "identity": _shard_identity(f, n)}
         info["extent"] = _committed_extent(f, n)
         for key in info["attrs"]["stored_keys"]:
             ds = f[dataset_path(key)]

@@ -2,7 +2,9 @@
 
 The page holds its data inline (patterns quantised to 8 bits per cell, scaled to each head's
 maximum, so values are exact to 1/255 of that maximum; base64) and its script
-inline. Pick a layer and head, switch raw / value-weighted attention, hover a token to see
+inline. The data is one JSON block with ``<``, ``>`` and ``&`` escaped, read with JSON.parse;
+every text shown is set as text (``textContent``) or HTML-escaped, so no sentence or token
+can inject markup or script. Pick a layer and head, switch raw / value-weighted attention, hover a token to see
 what it attends to and what attends to it; for a pair run it shows original, counterfactual
 and their difference on the aligned tokens side by side.
 
@@ -16,6 +18,7 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 
 import numpy as np
 
@@ -65,7 +68,7 @@ def build_view(example, other=None, *, title: str | None = None) -> str:
         p1 = _stack(other, "pattern", layers)
         panels.append(_panel("counterfactual", other.tokens, p1,
                              _stack(other, "value_weighted", layers) if has_vw else None))
-        al = align(example.tokens, other.tokens, target=other.meta.get("target"))
+        al = align(example.tokens, other.tokens)  # only the matched tokens are used here
         mo, mc = al.matched_original, al.matched_counterfactual
         diff = p1[..., mc[:, None], mc[None, :]] - p0[..., mo[:, None], mo[None, :]]
         panel = {"name": "difference", "tokens": [other.tokens[j] for j in mc],
@@ -77,8 +80,23 @@ def build_view(example, other=None, *, title: str | None = None) -> str:
         panels.append(panel)
     data = {"layers": layers, "heads": int(p0.shape[1]), "panels": panels, "has_vw": has_vw,
             "title": title or (example.text or " ".join(example.tokens))}
-    return _PAGE.replace("__TITLE__", html.escape(data["title"])).replace(
-        "__DATA__", json.dumps(data).replace("</", "<\\/"))
+    values = {"TITLE": html.escape(data["title"]), "DATA": script_json(data)}
+    # one pass: a text that contains a marker is never filled in a second time
+    return re.sub(r"__(TITLE|DATA)__", lambda m: values[m.group(1)], _PAGE)
+
+
+def script_json(data) -> str:
+    """JSON that is inert inside ``<script type="application/json">``: ``<``, ``>`` and ``&``
+    (so no ``</script>`` or ``<!--`` can end or bend the block) and U+2028/2029 escaped.
+
+    >>> print(script_json({"t": "</script><!--&"}))
+    {"t": "\\u003c/script\\u003e\\u003c!--\\u0026"}
+    """
+    text = json.dumps(data)
+    for char, escape in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"),
+                         ("\u2028", "\\u2028"), ("\u2029", "\\u2029")):
+        text = text.replace(char, escape)
+    return text
 
 
 _PAGE = """<!DOCTYPE html>

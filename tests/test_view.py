@@ -114,12 +114,13 @@ def test_long_sentence_view(browser, minilm, tmp_path):
 
 def test_cli_view_finds_the_pair_partner(tmp_path, minilm):
     from probe.cli import main
+    from probe.design import plan_pairs
     from probe.pairs import Pair
     from probe.study import capture_pairs
 
     model, tokenizer = minilm
     with AttentionProbe(model, tokenizer, keys=["pattern", "value_weighted"]) as p:
-        capture_pairs(p, {"pairs": [Pair("a", "It is hot.", "It is not hot.")]}, tmp_path / "r.h5").close()
+        capture_pairs(p, plan_pairs([Pair("a", "It is hot.", "It is not hot.")]), tmp_path / "r.h5").close()
     assert main(["view", str(tmp_path / "r.h5"), "--example", "1", "--out", str(tmp_path / "v.html")]) == 0
     page = (tmp_path / "v.html").read_text()
     assert '"name": "difference"' in page and "It is hot. / It is not hot." in page
