@@ -12,10 +12,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
-from .errors import ProbeError
+from .errors import ProbeError, ProbeWarning
 from .readers import bundled_path as bundled
+
+_default_showwarning = warnings.showwarning
 
 
 def _summary(capture, out=sys.stdout) -> None:
@@ -80,20 +83,33 @@ def cmd_capture(args) -> int:
         _summary(capture)
         return 0
 
-    from .runner import capture_to_file
+    from .runner import capture_to_file, parse_shard
 
+    device, shard = args.device, args.shard
     out = Path(args.out)
+    if shard is not None:
+        from .launch import shard_from_env, shard_path
+
+        k, n = parse_shard(shard)
+        shard = f"{k}/{n}"
+        out = Path(shard_path(args.out, k, n))
+        launch = shard_from_env()
+        if args.shard == "auto" and launch.local_rank is not None and device == "cuda":
+            device = f"cuda:{launch.local_rank}"  # one GPU per local rank
+    elif args.out.endswith(("/", os.sep)) or out.is_dir():
+        raise ProbeError(f"--out {args.out} is a folder; give a run file (run.h5), or --shard "
+                         "K/N or --shard auto to write DIR/shard-K-of-N.h5")
     next(iter_records(path), None)  # fail fast on a missing or unreadable input
     if out.exists() and not args.resume:
         raise ProbeError(f"{out} already exists; pass --resume to continue it, or choose "
                          "another --out (probe never overwrites a run)")
-    model, tokenizer = load_model(args.model, device=args.device)
+    model, tokenizer = load_model(args.model, device=device)
     with AttentionProbe(model, tokenizer, layers=layers, keys=keys) as p:
         run = capture_to_file(p, lambda: iter_records(path), out, batch_size=args.batch_size,
                               dtype=args.dtype, compression=args.compression,
                               resume=args.resume, truncate=args.truncate, window=args.window,
                               progress=not args.quiet, input_name=f"{path} ({input_format(path)})",
-                              shard=args.shard)
+                              shard=shard)
     with run:
         size = out.stat().st_size
         print(f"{out}: {len(run)} examples, {run.attrs['n_examples']} in the input, "
@@ -317,9 +333,15 @@ def cmd_compare_models(args) -> int:
 def cmd_combine(args) -> int:
     from .store import combine, open_run
 
-    combine(args.shards, args.out, allow_incomplete=args.allow_incomplete)
+    shards = []
+    for item in args.shards:  # a folder stands for the shard-K-of-N.h5 files in it
+        found = sorted(Path(item).glob("shard-*-of-*.h5")) if Path(item).is_dir() else [item]
+        if not found:
+            raise ProbeError(f"{item} is a folder without shard-K-of-N.h5 files")
+        shards += [str(f) for f in found]
+    combine(shards, args.out, allow_incomplete=args.allow_incomplete)
     with open_run(args.out) as run:
-        print(f"{args.out}: {len(run)} examples from {len(args.shards)} shards, "
+        print(f"{args.out}: {len(run)} examples from {len(shards)} shards, "
               f"{'complete' if run.complete else 'incomplete'}")
     return 0
 
@@ -352,9 +374,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="cut texts longer than the model's maximum instead of refusing them")
     cap.add_argument("--window", type=int, default=2048,
                      help="inputs sorted by length together (part of the batch plan)")
-    cap.add_argument("--shard", default=None, metavar="K/N",
+    cap.add_argument("--shard", default=None, metavar="K/N|auto",
                      help="capture only input windows w with w %% N == K (one of N processes); "
-                     "join the N files with `probe combine`")
+                     "'auto' reads K and N from torchrun, SLURM or MPI; with --out DIR/ each "
+                     "shard writes DIR/shard-K-of-N.h5; join them with `probe combine`")
     cap.add_argument("--quiet", action="store_true", help="no progress bar")
     cap.set_defaults(func=cmd_capture)
 
@@ -435,12 +458,20 @@ def build_parser() -> argparse.ArgumentParser:
     cm.set_defaults(func=cmd_compare_models)
 
     comb = sub.add_parser("combine", help="join shard files of one run into a single run file")
-    comb.add_argument("shards", nargs="+", help="shard files written with --shard K/N")
+    comb.add_argument("shards", nargs="+", help="shard files written with --shard K/N, or a "
+                      "folder of shard-K-of-N.h5 files (--shard auto --out DIR/)")
     comb.add_argument("--out", required=True, help="the combined run file to write")
     comb.add_argument("--allow-incomplete", action="store_true",
                       help="combine the committed rows of unfinished shards too")
     comb.set_defaults(func=cmd_combine)
     return parser
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None):
+    if issubclass(category, ProbeWarning):
+        print(f"probe: warning: {message}", file=sys.stderr)
+    else:
+        _default_showwarning(message, category, filename, lineno, file, line)
 
 
 def main(argv=None) -> int:
@@ -450,6 +481,7 @@ def main(argv=None) -> int:
 
     matplotlib.use("Agg")  # the CLI only writes figures to files; the library never picks a backend
     hf_logging.disable_progress_bar()
+    warnings.showwarning = _show_warning
     try:
         return args.func(args)
     except ProbeError as err:

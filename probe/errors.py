@@ -15,3 +15,7 @@ class UnsupportedModelError(ProbeError):
 
 class InputError(ProbeError):
     """A text, file or argument given by the user cannot be used as it is."""
+
+
+class ProbeWarning(UserWarning):
+    """Something worth knowing that does not stop the work (the CLI prints ``probe: warning:``)."""

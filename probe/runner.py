@@ -16,13 +16,14 @@ import json
 import os
 import queue
 import threading
+import warnings
 from itertools import islice
 
 import numpy as np
 import torch
 
 from . import names
-from .errors import InputError, ProbeError
+from .errors import InputError, ProbeError, ProbeWarning
 from .inputs import batches_by_length, encode, max_length_of
 from .store import (RunWriter, _attr, check_dtype, check_schema, compression_args, open_file,
                     open_run, utc_now)
@@ -160,13 +161,19 @@ class _Writer(threading.Thread):
 
 
 def parse_shard(shard) -> tuple[int, int]:
-    """``"K/N"`` or ``(K, N)`` -> ``(K, N)`` with 0 <= K < N.
+    """``"K/N"``, ``(K, N)`` or ``"auto"`` (from the launcher's environment, see
+    :mod:`probe.launch`) -> ``(K, N)`` with 0 <= K < N.
 
     >>> parse_shard("1/4")
     (1, 4)
     """
     if shard is None:
         return 0, 1
+    if shard == "auto":
+        from .launch import shard_from_env
+
+        launch = shard_from_env()
+        return launch.rank, launch.world_size
     try:
         k, n = (shard.split("/") if isinstance(shard, str) else shard)
         k, n = int(k), int(n)
@@ -242,6 +249,10 @@ def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: st
     mine = np.zeros(n_examples, bool)
     for w in range(shard_k, -(-n_examples // window), shard_n):
         mine[w * window:(w + 1) * window] = True
+    if not mine.any():
+        warnings.warn(f"shard {shard_k}/{shard_n} of {out} holds no example: the input's "
+                      f"{n_examples} examples make {-(-n_examples // window)} window(s) of "
+                      f"{window}; use fewer shards or a smaller --window", ProbeWarning, stacklevel=2)
     bar = _progress(progress, int(mine.sum()), int((done & mine).sum()))
     background = _Writer(writer, queue_batches)
     background.start()
