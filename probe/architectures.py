@@ -1,50 +1,102 @@
-"""Per-architecture facts: where each layer's attention lives and its output projection.
+"""Where each layer's attention lives and its output projection, found by detection.
 
-Everything else `probe` needs (head counts, head size, grouped-query layout, rotary
-embeddings) is read from the tensors that reach the attention function, so a family is
-described by two things only: a pattern for the qualified name of its attention modules (the
-module transformers hands to the attention function) and the path of the output projection
-(W_O) relative to that module.
+transformers v5 hands every attention call to the function registered under the model's
+attention implementation, together with the calling module. probe therefore needs, per layer,
+only that module and its output projection (W_O); head counts, head size, grouped-query layout,
+rotary embeddings, scaling, soft-capping and sinks reach the attention function as tensors or
+keyword arguments. Detection finds them from the module tree:
+
+- an *attention module* has query/key/value projections among its children (``q_proj k_proj
+  v_proj``, ``query key value``, ``q_lin k_lin v_lin``, or one fused ``qkv_proj``, ``Wqkv``,
+  ``c_attn``, ``query_key_value``) and its class calls ``ALL_ATTENTION_FUNCTIONS``;
+- its *output projection* is the first child named ``o_proj out_proj Wo o c_proj out_lin
+  dense``, else the parent's ``output.dense`` (the BERT layout); a GPT-2 ``Conv1D`` is
+  recognised by type (its weight is ``[in, out]``, the transpose of ``nn.Linear``'s);
+- layers are numbered in module order, and must number ``config.num_hidden_layers``. In a
+  multimodal model only the ``language_model`` is searched.
+
+The explicit table :data:`FAMILIES` keeps only what detection cannot infer (ALBERT's one set of
+weights shared by every layer) and the names used in reports.
 
 >>> sorted(SUPPORTED_MODEL_TYPES)[:3]
-['bert', 'distilbert', 'electra']
+['albert', 'bert', 'distilbert']
 """
 
 from __future__ import annotations
 
+import inspect
 import re
-from dataclasses import dataclass
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from .errors import UnsupportedModelError
 
+#: children that make a module an attention module: (query, key, value) names or a fused one
+QKV_NAMES: tuple[tuple[str, str, str], ...] = (
+    ("q_proj", "k_proj", "v_proj"), ("query", "key", "value"), ("q_lin", "k_lin", "v_lin"),
+    ("query_proj", "key_proj", "value_proj"), ("q", "k", "v"),
+)
+FUSED_QKV_NAMES: tuple[str, ...] = ("qkv_proj", "Wqkv", "c_attn", "query_key_value", "qkv")
+#: output projection: a child of the attention module, in this order of preference
+OUT_NAMES: tuple[str, ...] = ("o_proj", "out_proj", "Wo", "o", "c_proj", "out_lin", "dense")
+#: output projection relative to the attention module's parent (BERT: attention.output.dense)
+PARENT_OUT_NAMES: tuple[str, ...] = ("output.dense",)
+
+#: parameters of a model's eager attention function that probe's backend reproduces
+_KNOWN_EAGER_PARAMS = frozenset({"module", "query", "key", "value", "attention_mask", "scaling",
+                                 "dropout", "softcap", "sliding_window", "kwargs"})
+#: attributes of the calling module that an eager function may read without changing the math
+_KNOWN_MODULE_ATTRS = frozenset({"num_key_value_groups", "training", "sinks", "config",
+                                 "head_dim", "is_causal", "scaling", "layer_idx"})
+
 
 @dataclass(frozen=True)
 class Family:
-    """How to find the attention of one family of models."""
+    """A family's name in reports and what detection cannot infer about it."""
 
     name: str
     model_types: tuple[str, ...]
-    #: regex for an attention module's name relative to the layer stack; group 1 = layer index
-    attention: str
-    #: output projection, relative to the attention module; a leading "^" goes to the parent
-    out_proj: str
-    #: GPT-2 style Conv1D projection (weight is [in, out], the transpose of nn.Linear's)
-    conv1d: bool = False
+    #: the attention modules in call order, for models whose layers share modules
+    layers: Callable[[nn.Module, list], list] | None = None
+
+
+def _albert_layers(model: nn.Module, found: list) -> list:
+    """ALBERT runs ``num_hidden_layers`` layers through ``num_hidden_groups`` shared groups."""
+    config = model.config
+    groups: dict[int, list] = {}
+    for item in found:  # names like ...albert_layer_groups.{g}.albert_layers.{j}.attention
+        match = re.search(r"albert_layer_groups\.(\d+)\.albert_layers\.(\d+)\.", item[0] + ".")
+        if match is None:
+            raise UnsupportedModelError(f"ALBERT: unexpected attention module {item[0]!r}")
+        groups.setdefault(int(match.group(1)), []).append(item)
+    n, g = config.num_hidden_layers, config.num_hidden_groups
+    return [item for i in range(n) for item in groups[int(i / (n / g))]]
 
 
 FAMILIES: tuple[Family, ...] = (
-    Family("BERT", ("bert", "roberta", "xlm-roberta", "electra"),
-           r"layer\.(\d+)\.attention\.self", "^.output.dense"),
-    Family("DistilBERT", ("distilbert",), r"layer\.(\d+)\.attention", "out_lin"),
-    Family("GPT-2", ("gpt2",), r"h\.(\d+)\.attn", "c_proj", conv1d=True),
-    Family("GPT-NeoX", ("gpt_neox",), r"layers\.(\d+)\.attention", "dense"),
-    Family("Llama", ("llama", "mistral", "qwen2", "qwen3"), r"layers\.(\d+)\.self_attn", "o_proj"),
+    Family("BERT", ("bert", "roberta", "xlm-roberta", "electra")),
+    Family("ALBERT", ("albert",), layers=_albert_layers),
+    Family("DistilBERT", ("distilbert",)),
+    Family("ModernBERT", ("modernbert",)),
+    Family("GPT-2", ("gpt2",)),
+    Family("GPT-NeoX", ("gpt_neox",)),
+    Family("GPT-J", ("gptj",)),
+    Family("OPT", ("opt",)),
+    Family("Llama", ("llama", "mistral", "mixtral", "qwen2", "qwen3", "qwen3_moe", "olmo2",
+                     "phi3")),
+    Family("Gemma", ("gemma2", "gemma3_text", "gemma3")),
+    Family("gpt-oss", ("gpt_oss",)),
 )
 
+#: model types proven by the test suite (others may still be detected)
 SUPPORTED_MODEL_TYPES: frozenset[str] = frozenset(t for f in FAMILIES for t in f.model_types)
+
+#: model types known to compute attention outside transformers' attention interface
+_OUTSIDE_INTERFACE = ("deberta-v2", "deberta", "falcon", "bloom", "gpt_neo")
 
 
 @dataclass(frozen=True)
@@ -56,34 +108,171 @@ class AttentionLayer:
     module: nn.Module
     out_proj: nn.Module
     conv1d: bool
+    #: qualified name of the output projection
+    out_name: str = ""
+    #: (module, name of W_O's parameter prefix relative to it) from out_proj up to the model;
+    #: where an accelerate offload hook keeps the real weight
+    out_chain: tuple = field(default=(), compare=False, repr=False)
 
-    def output_weight(self) -> torch.Tensor:
-        """W_O in nn.Linear layout: ``[d_model, head * d_head]``."""
-        w = self.out_proj.weight
+    def _parameter(self, name: str) -> torch.Tensor | None:
+        p = getattr(self.out_proj, name, None)
+        if p is None:
+            return None
+        if p.device.type == "meta":
+            p = _offloaded(self.out_chain, name, self.index)
+        if hasattr(p, "to_local"):  # a DTensor under tensor parallelism (tp_plan)
+            p = _rank_part(p, name, self.conv1d)
+        return p
+
+    def output_weight(self, device: torch.device | str | None = None) -> torch.Tensor:
+        """W_O in nn.Linear layout ``[d_model, head * d_head]``, on ``device`` if given.
+
+        Works on offloaded models: a weight on the meta device is read from accelerate's
+        offload map (the weight the projection will actually use), never from the meta tensor.
+        """
+        w = self._parameter("weight")
+        if device is not None:
+            w = w.to(device)
         return w.t() if self.conv1d else w
 
-    def output_bias(self) -> torch.Tensor | None:
-        return getattr(self.out_proj, "bias", None)
+    def output_bias(self, device: torch.device | str | None = None) -> torch.Tensor | None:
+        b = self._parameter("bias")
+        return b if b is None or device is None else b.to(device)
+
+
+def _rank_part(p, name: str, conv1d: bool) -> torch.Tensor:
+    """This rank's part of a tensor-parallel W_O: the shard of its input axis, which holds the
+    columns of the heads this rank computes (row-wise parallel output projection); anything
+    else (a replicated weight, the bias) is gathered whole."""
+    in_dim = 0 if conv1d else 1
+    if name == "weight" and any(getattr(pl, "dim", None) == in_dim for pl in p.placements):
+        return p.to_local()
+    return p.full_tensor()
+
+
+def _offloaded(chain, name: str, index: int) -> torch.Tensor:
+    """A meta parameter's real value from the accelerate hook that will load it."""
+    for module, prefix in chain:
+        hook = getattr(module, "_hf_hook", None)
+        for h in getattr(hook, "hooks", (hook,)):
+            weights = getattr(h, "weights_map", None)
+            if weights is None:
+                continue
+            try:
+                return weights[f"{prefix}{name}"]
+            except KeyError:
+                continue
+    raise UnsupportedModelError(
+        f"layer {index}: the output projection's {name} is on the meta device and no accelerate "
+        "offload hook holds its value; load the model with real weights (or with device_map "
+        "offloading, whose hooks probe reads)"
+    )
 
 
 def supported_families() -> str:
-    """A readable list of supported families and model types, for error messages."""
+    """A readable list of tested families and model types, for error messages."""
     return "; ".join(f"{f.name} ({', '.join(f.model_types)})" for f in FAMILIES)
 
 
-def family_of(model: nn.Module) -> Family:
-    """The :class:`Family` of a transformers model, or a clear error."""
-    config = getattr(model, "config", None)
-    model_type = getattr(config, "model_type", None)
+def family_name(model: nn.Module) -> str:
+    """The family's report name, or ``"detected (<model_type>)"`` for an untabled model."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
     for family in FAMILIES:
         if model_type in family.model_types:
-            return family
-    raise UnsupportedModelError(
-        f"probe cannot capture attention of model_type={model_type!r} "
-        f"({type(model).__name__}). Supported families: {supported_families()}. "
-        "Use one of these, or add a Family entry in probe/architectures.py with a test "
-        "against the model's eager output_attentions."
-    )
+            return family.name
+    return f"detected ({model_type})"
+
+
+def _family(model_type) -> Family | None:
+    return next((f for f in FAMILIES if model_type in f.model_types), None)
+
+
+def _text_root(model: nn.Module) -> tuple[str, nn.Module]:
+    """The language model inside a multimodal model (shortest ``*language_model`` name)."""
+    best = None
+    for name, module in model.named_modules():
+        if name.split(".")[-1] in ("language_model", "text_model"):
+            if best is None or name.count(".") < best[0].count("."):
+                best = (name, module)
+    return best if best is not None else ("", model)
+
+
+def _projections(module: nn.Module) -> str | None:
+    children = module._modules
+    for names in QKV_NAMES:
+        if all(children.get(n) is not None for n in names):
+            return "/".join(names)
+    for fused in FUSED_QKV_NAMES:
+        if children.get(fused) is not None:
+            return fused
+    return None
+
+
+def _class_source(cls) -> str | None:
+    parts = []
+    for klass in cls.__mro__:
+        if klass in (nn.Module, object):
+            break
+        try:
+            parts.append(inspect.getsource(klass))
+        except (OSError, TypeError):
+            return None
+    return "\n".join(parts)
+
+
+def _uses_interface(module: nn.Module) -> bool:
+    source = _class_source(type(module))
+    return source is None or "ALL_ATTENTION_FUNCTIONS" in source
+
+
+def _eager_surprise(module: nn.Module) -> str | None:
+    """Why the model's own eager attention differs from probe's backend, if it visibly does."""
+    eager = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
+    if eager is None:
+        return None
+    try:
+        params = set(inspect.signature(eager).parameters)
+        source = inspect.getsource(eager)
+    except (OSError, TypeError, ValueError):
+        return None
+    extra = sorted(params - _KNOWN_EAGER_PARAMS)
+    if extra:
+        return f"its eager attention takes {', '.join(extra)}, which probe does not model"
+    attrs = sorted(set(re.findall(r"\bmodule\.(\w+)", source)) - _KNOWN_MODULE_ATTRS)
+    if attrs:
+        return (f"its eager attention reads module.{', module.'.join(attrs)}, which probe does "
+                "not model")
+    return None
+
+
+def _out_projection(model: nn.Module, name: str, module: nn.Module) -> str | None:
+    for child in OUT_NAMES:
+        if module._modules.get(child) is not None:
+            return f"{name}.{child}" if name else child
+    parent = name.rsplit(".", 1)[0] if "." in name else ""
+    for path in PARENT_OUT_NAMES:
+        full = f"{parent}.{path}" if parent else path
+        try:
+            model.get_submodule(full)
+        except AttributeError:
+            continue
+        return full
+    return None
+
+
+def _chain(model: nn.Module, out_name: str) -> tuple:
+    parts = out_name.split(".")
+    chain = []
+    for i in range(len(parts), -1, -1):
+        path = ".".join(parts[:i])
+        rest = ".".join(parts[i:])
+        chain.append((model.get_submodule(path) if path else model, f"{rest}." if rest else ""))
+    return tuple(chain)
+
+
+def _shown(layers) -> str:
+    names = ", ".join(repr(layer.name) for layer in layers[:4])
+    return names + (", ..." if len(layers) > 4 else "")
 
 
 def _n_layers(model: nn.Module) -> int | None:
@@ -95,41 +284,68 @@ def _n_layers(model: nn.Module) -> int | None:
 def attention_layers(model: nn.Module) -> list[AttentionLayer]:
     """Every self-attention layer of ``model`` in order, with its output projection.
 
-    Raises :class:`UnsupportedModelError` for an unknown family or when the modules found do
-    not match the config (a renamed or customised model).
+    Raises :class:`UnsupportedModelError` naming the part that was not found: no attention
+    module, attention computed outside transformers' interface, no output projection, an
+    eager variant probe does not model, or a layer count that does not match the config.
     """
-    family = family_of(model)
-    pattern = re.compile(r"(?:^|\.)" + family.attention + r"$")
-    layers: dict[int, AttentionLayer] = {}
-    for name, module in model.named_modules():
-        match = pattern.search(name)
-        if match is None:
-            continue
-        index = int(match.group(1))
-        out_path = family.out_proj
-        if out_path.startswith("^"):
-            base = name.rsplit(".", 1)[0]
-            out_path = base + out_path[1:]
-        else:
-            out_path = f"{name}.{out_path}"
-        try:
-            out_proj = model.get_submodule(out_path)
-        except AttributeError:
-            raise UnsupportedModelError(
-                f"{type(model).__name__}: attention module {name!r} has no output projection "
-                f"at {out_path!r} as the {family.name} family expects"
-            ) from None
-        if index in layers:
-            raise UnsupportedModelError(
-                f"{type(model).__name__}: two attention modules claim layer {index} "
-                f"({layers[index].name!r} and {name!r}); probe expects one stack of layers"
-            )
-        layers[index] = AttentionLayer(index, name, module, out_proj, family.conv1d)
-    expected = _n_layers(model)
-    if not layers or (expected is not None and sorted(layers) != list(range(expected))):
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    what = f"{type(model).__name__} (model_type={model_type!r})"
+    if getattr(config, "is_encoder_decoder", False):
         raise UnsupportedModelError(
-            f"{type(model).__name__} ({family.name} family): found attention modules for "
-            f"layers {sorted(layers)}, expected 0..{expected - 1 if expected else '?'}; the model "
-            "does not have the module layout probe knows for this family"
-        )
-    return [layers[i] for i in sorted(layers)]
+            f"{what} is an encoder-decoder; probe captures single-stack self-attention models "
+            "only (encoder-decoder self- and cross-attention is not supported yet)")
+    root_name, root = _text_root(model)
+    found, outside, no_out, surprises = [], [], [], []
+    for rel, module in root.named_modules():
+        qkv = _projections(module)
+        if qkv is None:
+            continue
+        name = f"{root_name}.{rel}" if root_name and rel else (rel or root_name)
+        if not _uses_interface(module):
+            outside.append(f"{type(module).__name__} at {name!r}")
+            continue
+        out_name = _out_projection(model, name, module)
+        if out_name is None:
+            no_out.append(f"{type(module).__name__} at {name!r} ({qkv})")
+            continue
+        surprise = _eager_surprise(module)
+        if surprise is not None:
+            surprises.append(f"{type(module).__name__}: {surprise}")
+            continue
+        found.append((name, module, out_name))
+    if not found:
+        if surprises:
+            raise UnsupportedModelError(
+                f"{what}: {surprises[0]}; its captures would not equal the model's attention")
+        if outside:
+            raise UnsupportedModelError(
+                f"{what}: its attention ({outside[0]}) computes attention itself instead of "
+                "calling transformers' attention interface (ALL_ATTENTION_FUNCTIONS), so "
+                "probe's backend never sees it. Models known to do this: "
+                f"{', '.join(_OUTSIDE_INTERFACE)}. Tested families: {supported_families()}")
+        if no_out:
+            raise UnsupportedModelError(
+                f"{what}: found attention modules ({no_out[0]}) but no output projection: "
+                f"looked for a child named {', '.join(OUT_NAMES)} or the parent's "
+                f"{', '.join(PARENT_OUT_NAMES)}")
+        raise UnsupportedModelError(
+            f"{what}: found no attention module: no submodule has query/key/value projections "
+            f"named {', '.join('/'.join(n) for n in QKV_NAMES)} or a fused projection named "
+            f"{', '.join(FUSED_QKV_NAMES)}. Tested families: {supported_families()}")
+    family = _family(model_type)
+    if family is not None and family.layers is not None:
+        found = family.layers(model, found)
+    layers = []
+    for index, (name, module, out_name) in enumerate(found):
+        out_proj = model.get_submodule(out_name)
+        conv1d = type(out_proj).__name__ == "Conv1D"
+        layers.append(AttentionLayer(index, name, module, out_proj, conv1d, out_name,
+                                     _chain(model, out_name)))
+    expected = _n_layers(model)
+    if expected is not None and len(layers) != expected:
+        raise UnsupportedModelError(
+            f"{what}: found {len(layers)} attention modules ({_shown(layers)}) "
+            f"but the config has {expected} layers; the model does not have a layout probe can "
+            "detect (add a Family entry with a `layers` function in probe/architectures.py)")
+    return layers

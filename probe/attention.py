@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from einops import rearrange, repeat
 
+from .errors import UnsupportedModelError
+
 
 def repeat_kv(x: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Expand key/value heads to query heads: query head h reads kv head h // group.
@@ -41,24 +43,65 @@ def masked_positions(mask: torch.Tensor) -> torch.Tensor:
 
 
 def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-           scaling: float):
+           scaling: float, *, softcap: float | None = None):
     """Eager attention, step by step, as transformers' eager functions compute it.
 
     q: ``[batch, head, query, d_head]``; k, v: ``[batch, kv_head, key, d_head]``;
     mask: additive ``[batch, 1, query, key]`` or None.
-    Returns ``scores`` (scaled, mask added), ``pattern`` (softmax over keys, computed in
-    float32 and cast back like the Llama family does) and ``z = pattern @ v``
-    ``[batch, head, query, d_head]``.
+    Returns ``scores`` (scaled, soft-capped when ``softcap`` is given, mask added),
+    ``pattern`` (softmax over keys, computed in float32 and cast back like the Llama family
+    does) and ``z = pattern @ v`` ``[batch, head, query, d_head]``.
     """
-    n_heads = q.shape[1]
-    k_all = repeat_kv(k, n_heads)
-    v_all = repeat_kv(v, n_heads)
-    scores = torch.matmul(q, k_all.transpose(-1, -2)) * scaling
+    scores, pattern, z, _ = attend_with_sink(q, k, v, mask, scaling, softcap=softcap)
+    return scores, pattern, z
+
+
+def logits(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, scaling: float,
+           softcap: float | None = None) -> torch.Tensor:
+    """``q k^T * scaling``, soft-capped as ``cap * tanh(x / cap)`` (Gemma 2), plus the mask.
+
+    The order is that of transformers' eager functions: cap first, then add the mask, so
+    masked entries stay at the mask's minimum.
+
+    >>> q = torch.full((1, 1, 1, 1), 10.0); k = torch.ones(1, 1, 2, 1)
+    >>> logits(q, k, None, 1.0, softcap=5.0).flatten().tolist()
+    [4.8201..., 4.8201...]
+    """
+    scores = torch.matmul(q, repeat_kv(k, q.shape[1]).transpose(-1, -2)) * scaling
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
     if mask is not None:
         scores = scores + mask
-    pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
-    z = torch.matmul(pattern, v_all)
-    return scores, pattern, z
+    return scores
+
+
+def attend_with_sink(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     mask: torch.Tensor | None, scaling: float, *,
+                     softcap: float | None = None, sinks: torch.Tensor | None = None):
+    """:func:`attend` plus the share of a learned attention sink (gpt-oss).
+
+    ``sinks`` ``[head]`` is one extra logit per head that joins every row's softmax and is
+    dropped after it (as gpt-oss's eager function does: max subtracted, softmax in the
+    logits' dtype), so a pattern row sums to ``1 - sink``. Returns ``scores, pattern, z,
+    sink`` with ``sink`` ``[batch, head, query]``; zeros when ``sinks`` is None.
+
+    >>> q = torch.zeros(1, 2, 3, 4); k = torch.zeros(1, 1, 3, 4); v = torch.ones(1, 1, 3, 4)
+    >>> _, pattern, _, sink = attend_with_sink(q, k, v, None, 0.5, sinks=torch.zeros(2))
+    >>> bool(torch.allclose(pattern.sum(-1) + sink, torch.ones(1, 2, 3))), sink[0, 0, 0].item()
+    (True, 0.25)
+    """
+    scores = logits(q, k, mask, scaling, softcap)
+    if sinks is None:
+        pattern = torch.softmax(scores, dim=-1, dtype=torch.float32).to(v.dtype)
+        sink = pattern.new_zeros(pattern.shape[:-1])
+    else:
+        column = sinks.reshape(1, -1, 1, 1).to(scores.dtype).expand(*scores.shape[:-1], 1)
+        combined = torch.cat([scores, column], dim=-1)
+        combined = combined - combined.max(dim=-1, keepdim=True).values
+        probs = torch.softmax(combined, dim=-1, dtype=combined.dtype)
+        pattern, sink = probs[..., :-1].to(v.dtype), probs[..., -1].to(v.dtype)
+    z = torch.matmul(pattern, repeat_kv(v, q.shape[1]))
+    return scores, pattern, z, sink
 
 
 def head_output_weights(w_o: torch.Tensor, n_heads: int) -> torch.Tensor:
@@ -78,7 +121,12 @@ def value_norms(v: torch.Tensor, w_o: torch.Tensor, n_heads: int) -> torch.Tenso
     d_model / d_head times less work than forming every f_h(x_j). The Gram matrix is formed in
     float64 so the only rounding left is that of the final quadratic form.
     """
-    w = head_output_weights(w_o, n_heads).to(torch.float64)
+    if w_o.shape[-1] != n_heads * v.shape[-1]:
+        raise UnsupportedModelError(
+            f"the output projection takes {w_o.shape[-1]} inputs but the attention produces "
+            f"{n_heads} heads x {v.shape[-1]} = {n_heads * v.shape[-1]}; it is not this "
+            "attention's W_O, so value norms cannot be computed")
+    w = head_output_weights(w_o.to(v.device), n_heads).to(torch.float64)
     gram = torch.einsum("hdm,hem->hde", w, w).to(v.dtype)
     v_all = repeat_kv(v, n_heads)
     vg = torch.einsum("bhtd,hde->bhte", v_all, gram)

@@ -27,7 +27,7 @@ import torch
 
 from . import names
 from .architectures import AttentionLayer, attention_layers
-from .attention import additive_mask, attend, masked_positions, repeat_kv, value_norms
+from .attention import additive_mask, attend_with_sink, masked_positions, repeat_kv, value_norms
 from .captures import Capture, CapturedBatch
 from .errors import InputError, ProbeError, UnsupportedModelError
 from .inputs import batches_by_length, encode, max_length_of, pad, pad_id_of
@@ -40,12 +40,13 @@ _ATTACHED_MODELS: set[int] = set()
 _LOCK = threading.Lock()
 _backend_users = 0
 
-# keyword arguments of the attention interface that change the math; captures would be wrong
-_UNSUPPORTED_KWARGS = ("softcap", "s_aux", "sinks")
+# keyword arguments of the attention interface that change the math in ways probe does not
+# model (captures would be wrong); soft-capping (`softcap`) and gpt-oss sinks (`s_aux`) are modelled
+_UNSUPPORTED_KWARGS = ("position_bias", "sinks", "sink_scale")
 
 
 def _probe_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0,
-                     **kwargs):
+                     softcap=None, s_aux=None, **kwargs):
     """The ``probe_capture`` attention backend: eager attention that records its steps."""
     for name in _UNSUPPORTED_KWARGS:
         if kwargs.get(name) is not None:
@@ -58,14 +59,22 @@ def _probe_attention(module, query, key, value, attention_mask, scaling=None, dr
     mask = additive_mask(attention_mask, query.dtype)
     if mask is not None and mask.shape[-1] != key.shape[-2]:
         mask = mask[..., : key.shape[-2]]
-    scores, pattern, z = attend(query, key, value, mask, scaling)
+    scores, pattern, z, sink = attend_with_sink(query, key, value, mask, scaling,
+                                                softcap=softcap, sinks=s_aux)
     if dropout and module.training:
         dropped = torch.nn.functional.dropout(pattern, p=dropout, training=True)
         z = torch.matmul(dropped, repeat_kv(value, query.shape[1]))
     entry = _ACTIVE.get(id(module))
     if entry is not None:
         probe, layer = entry
-        probe._record(layer, query, key, value, scores, pattern, z, mask)
+        layer = probe._layer_of_call(layer)  # a shared module (ALBERT) serves several layers
+        if probe.intervention is not None:  # probe.patching: may replace pattern and/or z
+            changed = probe.intervention(layer.index, pattern, value, z)
+            if changed is not None:
+                pattern, z = changed
+        probe._record(layer, query, key, value, scores, pattern, z, mask, sink=sink,
+                      facts={"scaling": scaling, "softcap": softcap, "sink": s_aux is not None,
+                             "sliding_window": kwargs.get("sliding_window")})
     return z.transpose(1, 2).contiguous(), pattern
 
 
@@ -148,6 +157,11 @@ class AttentionProbe:
         self._attached = False
         self._original_impl = None
         self._forward_options = _no_cache(model)
+        #: per layer, what the model passed to its attention function (scaling, soft-cap, ...)
+        self.layer_facts: dict[int, dict] = {}
+        #: None, or ``f(layer, pattern, value, z) -> None | (pattern, z)`` called by the
+        #: backend after each layer's attention (interventions, :mod:`probe.patching`)
+        self.intervention = None
 
     # ----------------------------------------------------------------- selection
     def _selection(self, layers, keys):
@@ -161,7 +175,10 @@ class AttentionProbe:
                     raise InputError(f"layer {layer} does not exist: the model has layers 0..{n - 1}")
                 chosen.append(int(layer) % n)
         pairs = []
-        for item in ([keys] if isinstance(keys, str) else (keys or names.COMPONENTS)):
+        # `sink` by default only for models with learned sinks (zeros elsewhere: no information)
+        has_sinks = any(getattr(layer.module, "sinks", None) is not None for layer in self.layers)
+        default = tuple(c for c in names.COMPONENTS if c != "sink" or has_sinks)
+        for item in ([keys] if isinstance(keys, str) else (keys or default)):
             if not isinstance(item, str):
                 raise InputError(f"keys must be component names or full keys (strings), got {item!r}; "
                                  f"components: {', '.join(names.COMPONENTS)}")
@@ -260,7 +277,20 @@ class AttentionProbe:
         self._call = {"input_ids": ids if torch.is_tensor(ids) else None,
                       "attention_mask": kwargs.get("attention_mask")}
 
-    def _record(self, layer, query, key, value, scores, pattern, z, mask):
+    def _layer_of_call(self, layer):
+        """The layer this call of ``layer.module`` computes: the k-th call of a module shared by
+        several layers (ALBERT) in one forward is its k-th layer; otherwise ``layer`` itself."""
+        uses = [u for u in self.layers if u.module is layer.module]
+        if len(uses) == 1:
+            return layer
+        counts = self._call.setdefault("calls", {})
+        k = counts.get(id(layer.module), 0)
+        counts[id(layer.module)] = k + 1
+        return uses[k % len(uses)]
+
+    def _record(self, layer, query, key, value, scores, pattern, z, mask, sink=None, facts=None):
+        if facts is not None:  # what the model passed to its attention function, per layer
+            self.layer_facts[layer.index] = facts
         wanted = self._plan.get(layer.index)
         if not wanted:
             return
@@ -285,7 +315,10 @@ class AttentionProbe:
         if "z" in wanted:
             got["z"] = z
         if "value_norm" in wanted:
-            got["value_norm"] = value_norms(value, layer.output_weight().detach(), query.shape[1])
+            got["value_norm"] = value_norms(value, layer.output_weight(value.device).detach(),
+                                            query.shape[1])
+        if "sink" in wanted:
+            got["sink"] = sink if sink is not None else pattern.new_zeros(pattern.shape[:-1])
         self._pending[layer.index] = {c: t.detach() for c, t in got.items()}
 
     def _after_forward(self, module, args, kwargs, output):

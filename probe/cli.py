@@ -457,6 +457,10 @@ def build_parser() -> argparse.ArgumentParser:
     cm.add_argument("--device", default="cpu")
     cm.set_defaults(func=cmd_compare_models)
 
+    from .check import add_check_parser
+
+    add_check_parser(sub)
+
     comb = sub.add_parser("combine", help="join shard files of one run into a single run file")
     comb.add_argument("shards", nargs="+", help="shard files written with --shard K/N, or a "
                       "folder of shard-K-of-N.h5 files (--shard auto --out DIR/)")

@@ -40,6 +40,9 @@ AXES: dict[str, tuple[str, ...]] = {
     "value_norm": ("head", "token"),
     # ||alpha_hij f_h(x_j)|| = pattern * value_norm (Kobayashi et al. 2020)
     "value_weighted": ("head", "query", "key"),
+    # share of a learned attention sink (gpt-oss) in each query's softmax, so that
+    # pattern.sum(key) + sink == 1; zeros for models without sinks
+    "sink": ("head", "query"),
 }
 
 #: Every component, in a stable order.

@@ -51,6 +51,30 @@ ARCHS = {
                                     num_attention_heads=4, num_key_value_heads=2, head_dim=16,
                                     intermediate_size=37, max_position_embeddings=64,
                                     bos_token_id=101, eos_token_id=102, pad_token_id=0), True, None),
+    # found by generic detection (no table entry): fused qkv + sliding window, q/k norm, MoE MLPs
+    "phi3": (lambda: T.Phi3Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, intermediate_size=37,
+                                  max_position_embeddings=64, sliding_window=4, bos_token_id=101,
+                                  eos_token_id=102, pad_token_id=0), True, 4),
+    "olmo2": (lambda: T.Olmo2Config(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=2, intermediate_size=37,
+                                    max_position_embeddings=64, bos_token_id=101, eos_token_id=102,
+                                    pad_token_id=0), True, None),
+    # MoE expert kernels need 16-byte aligned strides: intermediate sizes are multiples of 4
+    "mixtral": (lambda: T.MixtralConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                                        num_attention_heads=4, num_key_value_heads=2,
+                                        intermediate_size=32, num_local_experts=2,
+                                        num_experts_per_tok=1, max_position_embeddings=64,
+                                        sliding_window=4, bos_token_id=101, eos_token_id=102,
+                                        pad_token_id=0), True, 4),
+    "qwen3_moe": (lambda: T.Qwen3MoeConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
+                                           num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                           intermediate_size=32, moe_intermediate_size=16,
+                                           num_experts=2, num_experts_per_tok=1,
+                                           max_position_embeddings=64, bos_token_id=101,
+                                           eos_token_id=102, pad_token_id=0), True, None),
+    "gptj": (lambda: T.GPTJConfig(vocab_size=VOCAB, n_embd=32, n_layer=2, n_head=4, n_positions=64,
+                                  rotary_dim=4, bos_token_id=101, eos_token_id=102), True, None),
 }
 
 # the output projection of layer l, named independently of probe's own table
@@ -66,6 +90,11 @@ OUT_PROJ = {
     "mistral": "layers.{l}.self_attn.o_proj",
     "qwen2": "layers.{l}.self_attn.o_proj",
     "qwen3": "layers.{l}.self_attn.o_proj",
+    "phi3": "layers.{l}.self_attn.o_proj",
+    "olmo2": "layers.{l}.self_attn.o_proj",
+    "mixtral": "layers.{l}.self_attn.o_proj",
+    "qwen3_moe": "layers.{l}.self_attn.o_proj",
+    "gptj": "h.{l}.attn.out_proj",
 }
 
 

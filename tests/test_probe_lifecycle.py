@@ -156,7 +156,7 @@ def test_input_errors(minilm):
         cap = p.run([long_text], truncate=True)
         assert len(cap[0].tokens) == 512 and cap[0].tokens[-1] == "[SEP]"
         assert cap[0].meta["truncated"] is True
-        with pytest.raises(InputError, match="batch_size must be at least 1"):
+        with pytest.raises(InputError, match="batch_size must be a whole number of at least 1"):
             p.run(["A sentence."], batch_size=0)
     with pytest.raises(ProbeError, match="attached"):
         AttentionProbe(model, tokenizer).run(["A sentence."])
