@@ -154,3 +154,16 @@ def tiny_model_dir(tmp_path_factory, tokenizer):
     _tiny("bert").save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def eager_reference(model, ids, mask):
+    """Hidden states and attentions from transformers' own eager implementation (the
+    independent reference of the parity tests)."""
+    before = model.config._attn_implementation
+    model.set_attn_implementation("eager")
+    try:
+        with torch.no_grad():
+            out = model(input_ids=ids, attention_mask=mask, output_attentions=True)
+    finally:
+        model.set_attn_implementation(before)
+    return out.last_hidden_state, out.attentions

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import ARCHS, OUT_PROJ, SENTENCES
+from conftest import ARCHS, OUT_PROJ, SENTENCES, eager_reference
 from probe import AttentionProbe
 from probe.inputs import pad
 
@@ -21,16 +21,7 @@ def _batch(tokenizer, texts):
     return pad(rows, 0, "cpu")
 
 
-def _eager(model, ids, mask):
-    """Hidden states and attentions from transformers' own eager implementation."""
-    before = model.config._attn_implementation
-    model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            out = model(input_ids=ids, attention_mask=mask, output_attentions=True)
-    finally:
-        model.set_attn_implementation(before)
-    return out.last_hidden_state, out.attentions
+_eager = eager_reference
 
 
 def _allowed(n, causal, window):

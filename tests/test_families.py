@@ -17,7 +17,7 @@ import pytest
 import torch
 import transformers as T
 
-from conftest import ARCHS, OUT_PROJ, SENTENCES, VOCAB, _tiny
+from conftest import ARCHS, OUT_PROJ, SENTENCES, VOCAB, _tiny, eager_reference
 from probe import COMPONENTS, AttentionProbe, UnsupportedModelError
 from probe.inputs import pad
 
@@ -95,15 +95,7 @@ def _batch(tokenizer, texts=SENTENCES):
     return pad([tokenizer(t)["input_ids"] for t in texts], 0, "cpu")
 
 
-def _eager(model, ids, mask):
-    before = model.config._attn_implementation
-    model.set_attn_implementation("eager")
-    try:
-        with torch.no_grad():
-            out = model(input_ids=ids, attention_mask=mask, output_attentions=True)
-    finally:
-        model.set_attn_implementation(before)
-    return out.last_hidden_state, out.attentions
+_eager = eager_reference
 
 
 def _capture_with_outputs(name, model, tokenizer, ids, mask):
