@@ -79,7 +79,21 @@ def begin_folder(folder) -> Path:
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / COMPLETE_MARKER).unlink(missing_ok=True)
+    for stale in folder.rglob(".*.tmp"):  # left by a writer that was killed
+        pid = stale.name.rsplit(".", 2)[-2]
+        if pid.isdigit() and not _alive(int(pid)):
+            stale.unlink(missing_ok=True)
     return folder
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def finish_folder(folder, files, **info) -> None:

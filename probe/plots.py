@@ -145,12 +145,17 @@ def cue_by_layer(layers, series: dict):
 
 def save(fig, path_without_suffix) -> list[str]:
     """Write ``fig`` as PNG and SVG; returns the paths. (The one place figures touch disk.)"""
+    from .outputs import atomic_path
+
     paths = []
-    for suffix in (".png", ".svg"):
-        path = f"{path_without_suffix}{suffix}"
-        fig.savefig(path, dpi=130)
-        paths.append(path)
-    plt.close(fig)
+    try:
+        for suffix in (".png", ".svg"):
+            path = f"{path_without_suffix}{suffix}"
+            with atomic_path(path) as tmp:  # a crash never leaves a half-written image
+                fig.savefig(tmp, dpi=130, format=suffix[1:])
+            paths.append(path)
+    finally:
+        plt.close(fig)
     return paths
 
 

@@ -260,3 +260,50 @@ def test_controls_modes_and_explicit_baseline(tmp_path, tiny_model_dir, capsys):
     assert {r["contrast"] for r in stats} == {"counterfactual_vs_original", "counterfactual_vs_baseline"}
     assert not any(r["metric"].startswith("cue_") and r["contrast"].endswith("baseline") for r in stats)
     assert "Baseline set `baseline`" in (out / "summary.md").read_text()
+
+
+def test_kill_9_during_a_study_leaves_no_half_written_file(tmp_path, tiny_model_dir):
+    """The study process is killed (SIGKILL) while it writes figures: every file in the folder
+    is complete (atomic renames) and the missing COMPLETE.json marks the folder unfinished; a
+    rerun with --resume finishes it."""
+    import os
+    import subprocess
+    import sys
+
+    path = _pair_file(tmp_path / "pairs.jsonl", PAIRS)
+    out = tmp_path / "study"
+    script = (
+        "import os, signal, sys\n"
+        "import probe.plots as plots\n"
+        "calls = []\n"
+        "real = plots.save\n"
+        "def save(fig, path):\n"
+        "    calls.append(path)\n"
+        "    if len(calls) == 3:\n"
+        "        import matplotlib.figure\n"
+        "        def die(*a, **k):\n"
+        "            open(a[0], 'wb').write(b'half an image')\n"
+        "            os.kill(os.getpid(), signal.SIGKILL)\n"
+        "        fig.savefig = die\n"
+        "    return real(fig, path)\n"
+        "plots.save = save\n"
+        "from probe.cli import main\n"
+        f"sys.exit(main(['negation', '--model', {str(tiny_model_dir)!r}, '--pairs', {str(path)!r}, "
+        f"'--out', {str(out)!r}, '--resamples', '50', '--quiet']))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == -9, result.stderr[-1000:]
+    assert not (out / "COMPLETE.json").exists()
+    figures = out / "figures"
+    assert len([p for p in figures.iterdir() if p.name.endswith(".tmp")]) == 1  # killed mid-write
+    assert all(p.stat().st_size > 1000 for p in figures.glob("*.png"))  # no half image under a final name
+    for name in ("stats.csv", "pairs.csv"):  # what has its final name is complete
+        rows = list(csv.DictReader(open(out / name, encoding="utf-8")))
+        assert rows and all(None not in r.values() for r in rows)
+    rows = list(csv.DictReader(open(out / "pairs.csv", encoding="utf-8")))
+    assert len(rows) == len(PAIRS)
+    from probe.cli import main
+
+    assert main(["negation", "--model", str(tiny_model_dir), "--pairs", str(path), "--out", str(out),
+                 "--resamples", "50", "--quiet", "--resume"]) == 0
+    assert (out / "COMPLETE.json").exists()
+    assert not [p for p in out.rglob("*.tmp")]  # the finished rerun leaves no temporary file
