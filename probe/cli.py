@@ -202,6 +202,10 @@ def cmd_analyze(args) -> int:
     out = Path(args.out)
     _make_folder(out)
     with open_run(args.run) as run:
+        if not run.complete:
+            warnings.warn(f"{args.run} is unfinished: {len(run)} of {run.attrs.get('n_examples')} "
+                          "examples committed; pairs with a missing sentence are listed in "
+                          "pairs.csv as not captured (finish it with --resume)", ProbeWarning)
         has_baseline = any(meta.get("set") == "baseline" for meta in run.metas())
         result = analyze(run, out, n_resamples=args.resamples, seed=args.seed, pooled=args.pooled,
                          example_pair=args.example_pair, title=None,

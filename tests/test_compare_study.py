@@ -208,7 +208,7 @@ def _pair_file(path, pairs, **extra):
     return path
 
 
-def test_cli_negation_analyze_and_odd_ids(tmp_path, tiny_model_dir):
+def test_cli_negation_analyze_and_odd_ids(tmp_path, tiny_model_dir, capsys):
     from probe.cli import main
 
     odd = ["a/b", "..", "with space", "naïve/ü", "x" * 300, "../../etc"]
@@ -228,6 +228,17 @@ def test_cli_negation_analyze_and_odd_ids(tmp_path, tiny_model_dir):
     assert main(["analyze", str(out / "run.h5"), "--out", str(again), "--resamples", "100",
                  "--example-pair", "naïve/ü"]) == 0
     assert (out / "stats.csv").read_text() == (again / "stats.csv").read_text()
+    import shutil
+
+    import h5py
+
+    shutil.copy(out / "run.h5", tmp_path / "unfinished.h5")
+    with h5py.File(tmp_path / "unfinished.h5", "r+") as f:  # as if the capture had stopped early
+        f["state/complete"][0] = 0
+    capsys.readouterr()
+    assert main(["analyze", str(tmp_path / "unfinished.h5"), "--out", str(tmp_path / "u"),
+                 "--resamples", "50"]) == 0
+    assert "probe: warning: " in capsys.readouterr().err
     assert main(["negation", "--model", str(tiny_model_dir), "--pairs", str(path), "--out",
                  str(out), "--quiet"]) == 2  # run.h5 exists, no --resume
     bad = tmp_path / "bad.jsonl"
