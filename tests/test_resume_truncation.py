@@ -1,0 +1,46 @@
+"""Resume drops what an interrupted batch left past the last commit, before appending.
+
+Readers never look past ``/state/n_done``, and a resumed run rewrites the same batches, so the
+final content would be equal even without the truncation; what the truncation guarantees is
+that a reopened file holds nothing uncommitted, whatever happens next. This test fails when
+reopening skips it (a mutation that every crash test missed)."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+import pytest
+
+from probe import AttentionProbe
+from probe.store import RunWriter, open_run
+
+pytestmark = pytest.mark.slow
+
+
+def test_reopen_truncates_a_partial_batch(tmp_path, tiny_model_dir):
+    from probe import load_model
+
+    model, tokenizer = load_model(str(tiny_model_dir))
+    path = tmp_path / "run.h5"
+    with AttentionProbe(model, tokenizer, keys=["pattern", "z"]) as p:
+        p.run([f"Sentence {i} is short." for i in range(6)], out=path).close()
+    with h5py.File(path, "r+") as f:
+        committed = {}
+
+        def grow(name, obj):
+            if isinstance(obj, h5py.Dataset) and obj.maxshape[0] is None and not name.startswith("state"):
+                committed[name] = obj.shape[0]
+                obj.resize((obj.shape[0] + 7,))  # garbage of a batch that never committed
+                obj[-7:] = 1
+        f.visititems(grow)
+        f["state/complete"][0] = 0
+    assert committed
+    writer = RunWriter.reopen(path, dtype="float32")
+    try:
+        f = writer.f
+        for name, length in committed.items():
+            assert f[name].shape[0] == length, name
+    finally:
+        writer.close()
+    with open_run(path) as run:
+        assert len(run) == 6 and np.isfinite(run[5]["blocks.1.attn.z"]).all()
