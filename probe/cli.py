@@ -302,33 +302,37 @@ def cmd_view(args) -> int:
 
 
 def cmd_compare_models(args) -> int:
-    from .comparison import SUMMARY, compare_models, markdown_table
+    from .comparison import DEFINITIONS, SPEED, SUMMARY, compare_models, markdown_table, write_charts
     from .readers import iter_records
     from .outputs import write_csv
 
     path = Path(args.texts) if args.texts else bundled("sentences.txt")
     records = list(iter_records(path))
-    arch, metric_rows, speed = compare_models(args.models, [r.text for r in records],
-                                              meta=[r.meta for r in records], group_by=args.group_by,
-                                              batch_size=args.batch_size, rounds=args.rounds,
-                                              device=args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    arch, metric_rows, speed, sentences = compare_models(
+        args.models, [r.text for r in records], meta=[r.meta for r in records], group_by=args.group_by,
+        batch_size=args.batch_size, rounds=args.rounds, device=args.device)
     arch_cols = ["model", "model_type", "class", "layers", "heads", "kv_heads", "hidden", "vocab",
                  "parameters"]
     metric_cols = ["model", "group", "n", *SUMMARY]
-    speed_cols = ["model", "sentences", "batch_size", "forward_s", "forward_sentences_per_s",
-                  "forward_ms_per_sentence", "capture_s", "capture_sentences_per_s",
-                  "capture_over_forward"]
+    sentence_cols = ["model", "example", *([args.group_by] if args.group_by else []), "tokens", *SUMMARY,
+                     "text"]
     write_csv(out / "architecture.csv", arch, arch_cols)
     write_csv(out / "metrics.csv", metric_rows, metric_cols)
-    write_csv(out / "speed.csv", speed, speed_cols)
+    write_csv(out / "sentences.csv", sentences, sentence_cols)
+    write_csv(out / "speed.csv", speed, list(SPEED))
+    charts = write_charts(out, metric_rows, speed, args.group_by)
+    definitions = "\n".join(f"- `{m}`: {DEFINITIONS[m]}" for m in SUMMARY)
     report = "\n\n".join([f"# Model comparison on {len(records)} sentences from {path}",
                            "## Architecture", markdown_table(arch, arch_cols),
-                           "## Pattern metrics (mean over examples, layers and heads)",
+                           "## Pattern metrics (mean over examples, layers and heads)", definitions,
                            markdown_table(metric_rows, metric_cols),
-                           f"## Speed (median of {args.rounds} rounds, measured in this run)",
-                           markdown_table(speed, speed_cols)]) + "\n"
+                           f"## Speed and peak memory (median of {args.rounds} rounds; every model "
+                           "measured side by side in this run)", markdown_table(speed, list(SPEED)),
+                           "## Files", ", ".join(["architecture.csv", "metrics.csv", "sentences.csv (per "
+                                                  "model and sentence)", "speed.csv",
+                                                  *sorted({Path(c).name for c in charts})])]) + "\n"
     (out / "comparison.md").write_text(report, encoding="utf-8")
     print(report)
     return 0
@@ -450,8 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
     view.add_argument("--single", action="store_true", help="in a pair run, show this side only")
     view.set_defaults(func=cmd_view)
 
-    cm = sub.add_parser("compare-models", help="architecture, pattern metrics and speed of "
-                        "several models on the same sentences")
+    cm = sub.add_parser("compare-models", help="architecture, pattern metrics, speed and peak "
+                        "memory of several models on the same sentences (tables and PNG charts)")
     cm.add_argument("models", nargs="+", help="hub names or local folders; 'bundled' for MiniLM")
     cm.add_argument("--texts", help="sentences (.txt/.jsonl/.csv; default data/sentences.txt)")
     cm.add_argument("--out", required=True, help="output folder")
