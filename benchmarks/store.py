@@ -1,13 +1,18 @@
 """Store benchmarks on the bundled MiniLM (batch 32). Each section prints its own baseline.
 
   overhead  capture-and-write (float16 pattern, q, k, v, all layers) against capture alone,
-            interleaved in one process over the same batch plan; the run's write throughput
-            against this disk's sequential write bandwidth (a large array written with fsync)
+            interleaved in one process over the same batch plan, with 2 and with 1 torch
+            threads (both cores busy / a core free), side by side; the writer as it is
+            (one-copy packing) and as it was (two copies); the run's write throughput against
+            this disk's sequential write bandwidth (a large array written with fsync)
   memory    peak RSS of a whole `probe capture` subprocess at 2,000 and at 20,000 sentences
   access    random access of one example (every stored key) in the 20,000-example file
   sizes     file size per example for each dtype / compression choice
 
     python benchmarks/store.py [overhead] [memory] [access] [sizes] [--dir DIR]
+                               [--n 2000] [--rounds 5] [--threads 2,1]
+
+benchmarks/memory.py measures memory against N more thoroughly (up to 200,000 sentences).
 """
 
 from __future__ import annotations
@@ -47,8 +52,37 @@ def disk_bandwidth(directory: Path, size_mb: int = 1024) -> float:
     return size_mb * 1.048576 / seconds
 
 
-def overhead(directory: Path, n: int = 2000, rounds: int = 5) -> None:
+def _two_copy_append(append):
+    """RunWriter.append as it was before one-copy packing (a per-key unpadding gather into
+    new tensors, then a concatenation): the 'before' condition."""
+    import torch as _torch
+
+    from probe import names
+    from probe.captures import CapturedBatch, unpad_index
+
+    def pack(batch, key, dtype):
+        _, component = names.parse_key(key)
+        t = _torch.from_numpy(batch.arrays[key])
+        target = _torch.from_numpy(np.empty(0, dtype)).dtype
+        if t.dtype != target:
+            t = t.to(target)
+        return _torch.cat([t[row][unpad_index(component, a, b)].reshape(-1)
+                           for row, (a, b) in enumerate(batch.spans)]).numpy()
+
+    def old(self, rows, packed):
+        if isinstance(packed, CapturedBatch):
+            packed = {k: pack(packed, k, self.dtype) for k in self.stored_keys}
+        return append(self, rows, packed)
+
+    return old
+
+
+def overhead(directory: Path, n: int = 2000, rounds: int = 5, threads=(2, 1)) -> None:
+    """Capture alone against capture-and-write, with both cores running the forward pass
+    (2 intra-op threads) and with a core left free (1 thread), all conditions interleaved
+    round by round in this process; ratios are against capture alone at the same threads."""
     from probe import runner
+    from probe.store import RunWriter
 
     model, tokenizer = load_model()
     texts = sentences(n, seed=1)
@@ -67,48 +101,69 @@ def overhead(directory: Path, n: int = 2000, rounds: int = 5) -> None:
             finally:
                 setup["s"] += time.perf_counter() - t0
         setattr(runner, name, timed)
+    one_copy = RunWriter.append
+    two_copies = _two_copy_append(one_copy)
 
     with AttentionProbe(model, tokenizer, keys=KEYS) as p:
         def capture_only():
-            for rows in plan:
-                cap = p._capture_ids([enc.ids[i] for i in rows])
-                for ex in cap:  # the per-example views the writer would take
-                    for key in cap.keys:
-                        ex[key]
+            t0 = time.perf_counter()
+            for rows in plan:  # the padded batch arrays, kept in memory until the next batch
+                p._capture_ids([enc.ids[i] for i in rows])
+            return time.perf_counter() - t0, 0.0, 0
 
-        def capture_and_write(i=[0]):
+        def capture_and_write(append, i=[0]):
             i[0] += 1
             path = directory / f"overhead-{i[0]}.h5"
             setup["s"] = 0.0
-            t0 = time.perf_counter()
-            run = p.run(texts, out=path, dtype="float16")
-            run.close()
-            seconds = time.perf_counter() - t0
+            RunWriter.append = append
+            try:
+                t0 = time.perf_counter()
+                run = p.run(texts, out=path, dtype="float16")
+                run.close()
+                seconds = time.perf_counter() - t0
+            finally:
+                RunWriter.append = one_copy
             size = path.stat().st_size
-            os.sync()  # let the kernel write it back before the next timed condition
             path.unlink()
             return seconds, setup["s"], size
 
-        capture_only()  # warm-up
-        t_cap, t_write, t_setup, size = [], [], [], 0
-        for _ in range(rounds):
-            os.sync()
-            t0 = time.perf_counter()
+        conditions = {"capture alone (in memory)": capture_only,
+                      "capture and write, one-copy packing": lambda: capture_and_write(one_copy),
+                      "capture and write, two-copy packing (before)": lambda: capture_and_write(two_copies)}
+        times = {(t, c): [] for t in threads for c in conditions}
+        setups = {(t, c): [] for t in threads for c in conditions}
+        size = 0
+        for t in threads:  # warm-up
+            torch.set_num_threads(t)
             capture_only()
-            t_cap.append(time.perf_counter() - t0)
-            seconds, setup_s, size = capture_and_write()
-            t_write.append(seconds)
-            t_setup.append(setup_s)
-    cap, wr, st = statistics.median(t_cap), statistics.median(t_write), statistics.median(t_setup)
+        for _ in range(rounds):
+            for t in threads:
+                torch.set_num_threads(t)
+                for c, fn in conditions.items():
+                    os.sync()  # the previous file's write-back does not land on this condition
+                    seconds, setup_s, got = fn()
+                    size = got or size
+                    times[t, c].append(seconds)
+                    setups[t, c].append(setup_s)
+    med = {k: statistics.median(v) for k, v in times.items()}
+    st = {k: statistics.median(v) for k, v in setups.items()}
     bandwidth = disk_bandwidth(directory)
     print(f"[overhead] MiniLM, {n} sentences, batch 32, float16 {'/'.join(KEYS)} of all layers, "
-          f"torch threads {torch.get_num_threads()}, median of {rounds} interleaved rounds")
-    print(f"  capture alone        {cap:7.2f} s  ({n / cap:6.1f} sentences/s)")
-    print(f"  capture and write    {wr:7.2f} s  ({n / wr:6.1f} sentences/s)  ratio {wr / cap:.3f}")
-    print(f"    of which set-up    {st:7.2f} s  (input validation pass, model fingerprint, shape "
-          f"probe); ratio without it {(wr - st) / cap:.3f}")
-    print(f"  file {size / 1e6:.1f} MB, written at {size / 1e6 / wr:.1f} MB/s; disk sequential "
-          f"write with fsync {bandwidth:.0f} MB/s; ratio {size / 1e6 / wr / bandwidth:.3f}")
+          f"median of {rounds} interleaved rounds; time ratio to capture alone at the same threads")
+    head = "".join(f" | {t} thread{'s' if t > 1 else ''}: s, ratio, ratio w/o set-up" for t in threads)
+    print(f"  {'condition':<46}{head}")
+    for c in conditions:
+        cells = []
+        for t in threads:
+            base = med[t, "capture alone (in memory)"]
+            cells.append(f" | {med[t, c]:7.2f} s {med[t, c] / base:6.3f} {(med[t, c] - st[t, c]) / base:6.3f}")
+        print(f"  {c:<46}{''.join(cells)}")
+    print(f"  (set-up: input validation pass, model fingerprint, shape probe: "
+          f"{statistics.median(st.values() or [0]):.2f} s median; 2 threads = both cores run the "
+          "forward, 1 thread = a core left free for the writer)")
+    best = min(med[t, "capture and write, one-copy packing"] for t in threads)
+    print(f"  file {size / 1e6:.1f} MB, written at {size / 1e6 / best:.1f} MB/s (fastest one-copy "
+          f"condition); disk sequential write with fsync {bandwidth:.0f} MB/s")
 
 
 def _capture_subprocess(src: Path, out: Path, keys: str = ",".join(KEYS)) -> tuple[float, float]:
@@ -196,15 +251,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("sections", nargs="*", default=["overhead", "memory", "access", "sizes"])
     ap.add_argument("--dir", default=None, help="where to write (default: a temporary folder)")
-    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads")
+    ap.add_argument("--threads", default="2,1",
+                    help="torch intra-op thread counts compared by the overhead section")
+    ap.add_argument("--n", type=int, default=2000, help="sentences in the overhead section")
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (overhead)")
     args = ap.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
     directory = Path(args.dir or tempfile.mkdtemp(prefix="probe-bench-"))
     directory.mkdir(parents=True, exist_ok=True)
     print(f"torch threads {torch.get_num_threads()}, files in {directory}")
     if "overhead" in args.sections:
-        overhead(directory)
+        overhead(directory, n=args.n, rounds=args.rounds,
+                 threads=tuple(int(x) for x in args.threads.split(",")))
     big = directory / "20000.h5"
     if "memory" in args.sections:
         big = memory(directory)

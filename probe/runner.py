@@ -6,7 +6,7 @@ input and these two numbers, so a resumed run recomputes exactly the batches an 
 run would have (same padding, same numbers, bit for bit) and skips the committed ones.
 
 Memory stays flat: the input is streamed, one window of token ids is held at a time, and at
-most ``queue_batches`` captured batches wait for the writer thread.
+most ``queue_batches`` captured batches exist at once (the one being written included).
 """
 
 from __future__ import annotations
@@ -121,13 +121,22 @@ def _short(value) -> str:
 
 
 class _Writer(threading.Thread):
-    """Writes queued batches in the background so disk I/O overlaps the next forward."""
+    """Writes captured batches in the background so packing and disk I/O overlap the next
+    forward pass.
+
+    At most ``depth`` batches exist at once, counted from before their forward pass until
+    they are written (:meth:`reserve` takes a slot, the writer frees it). Bounding the batches
+    in flight, not the queue, is what keeps memory flat in N: with a bounded queue, a run that
+    outpaces the disk (a long run, once the page cache is full of dirty pages) held the queue
+    full, one batch in the writer and one more blocked in ``put``: two batches more than a
+    short run, whose writer keeps up (benchmarks/memory.py).
+    """
 
     def __init__(self, writer: RunWriter, depth: int):
         super().__init__(name="probe-writer", daemon=True)
         self.writer = writer
-        self.np_dtype = writer.dtype
-        self.queue: queue.Queue = queue.Queue(maxsize=depth)
+        self.queue: queue.Queue = queue.Queue()
+        self.slots = threading.Semaphore(max(int(depth), 1))
         self.error: BaseException | None = None
 
     def run(self):
@@ -138,15 +147,25 @@ class _Writer(threading.Thread):
             item = self.queue.get()
             if item is None:
                 return
-            if self.error is None:
-                try:
+            try:
+                if self.error is None:
                     rows, batch = item
-                    # packing (cast + gather, torch ops that release the GIL) runs here, in
-                    # parallel with the next forward pass
-                    packed = {k: batch.packed(k, self.np_dtype) for k in self.writer.stored_keys}
-                    self.writer.append(rows, packed)
-                except BaseException as err:  # surfaced in the main thread
-                    self.error = err
+                    # packing (one cast-and-gather copy per row and key, by torch, which
+                    # releases the GIL) runs here, in parallel with the next forward pass
+                    self.writer.append(rows, batch)
+            except BaseException as err:  # surfaced in the main thread
+                self.error = err
+            finally:
+                item = rows = batch = None  # the batch's arrays go before its slot does
+                self.slots.release()
+
+    def reserve(self):
+        """Wait for a free slot before the next forward pass (see the class docstring)."""
+        while not self.slots.acquire(timeout=0.5):
+            if self.error is not None or not self.is_alive():
+                break
+        if self.error is not None:
+            raise self.error
 
     def put(self, rows):
         if self.error is not None:
@@ -273,6 +292,7 @@ def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: st
                 if state.any():
                     raise ProbeError(f"{out} holds part of a batch; the file was not written "
                                      "by this batch plan. Write to a new file")
+                background.reserve()
                 capture = probe._capture_ids([enc.ids[j] for j in rows])
                 batch_rows = []
                 for pos, j in enumerate(rows):
@@ -284,6 +304,7 @@ def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: st
                                        "input_ids": ex.input_ids, "text": record.text,
                                        "meta": meta})
                 background.put((batch_rows, capture.batch))
+                capture = ex = None  # the writer holds the only reference now: see _Writer
                 bar.update(len(rows))
             start += n_chunk
         background.stop()

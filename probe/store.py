@@ -42,7 +42,7 @@ import numpy as np
 
 from . import names
 from .attention import value_weighted
-from .captures import Capture, Example, KeyedSequence
+from .captures import Capture, CapturedBatch, Example, KeyedSequence
 from .errors import InputError, ProbeError
 from .lock import WriterLock, locked_error
 
@@ -333,6 +333,7 @@ class RunWriter:
         self.f = f
         self.lock = lock  # held from creation or reopening until close()
         self.dtype = DTYPES[dtype]
+        self._buffer: np.ndarray | None = None  # packing buffer, reused (see _scratch)
         self._load_cursor()
         # handles and attributes looked up once: h5py lookups cost more than small writes
         self._ds = {name: f[name] for name in
@@ -450,10 +451,15 @@ class RunWriter:
         return self.f["index/example"][: self.n_done]
 
     # appending --------------------------------------------------------------
-    def append(self, rows: list[dict], packed: dict[str, np.ndarray]) -> None:
-        """Write and commit one batch. Each row: index, tokens, input_ids, text, meta;
-        ``packed[key]``: the rows' arrays of that key flattened and concatenated in row order
-        (see :meth:`probe.captures.CapturedBatch.packed`)."""
+    def append(self, rows: list[dict], packed) -> None:
+        """Write and commit one batch. Each row: index, tokens, input_ids, text, meta.
+
+        ``packed`` is the batch's :class:`~probe.captures.CapturedBatch` (rows in the same
+        order), or a mapping ``key -> the rows' arrays of that key flattened and concatenated
+        in row order`` (what :meth:`~probe.captures.CapturedBatch.packed` returns). From a
+        batch, each key is packed with one copy into a buffer this writer reuses for every key
+        and batch, and that buffer is what HDF5 writes from: no per-batch allocation, one copy.
+        """
         f, D = self.f, self._ds
         n = np.array([len(r["tokens"]) for r in rows], np.int64)
         token_start = self.token_cursor + np.concatenate([[0], np.cumsum(n)[:-1]])
@@ -469,7 +475,10 @@ class RunWriter:
         for key in self.stored_keys:
             ds, unit, per_unit = self._key_ds[key]
             units = n.sum() if unit == "token" else (n * n).sum()
-            data = packed[key]
+            if isinstance(packed, CapturedBatch):
+                data = packed.packed(key, self.dtype, out=self._scratch(packed.packed_size(key)))
+            else:
+                data = packed[key]
             if data.shape != (units * per_unit,):
                 raise ProbeError(f"{key}: got {data.shape[0]} values for a batch that needs "
                                  f"{units * per_unit}")
@@ -497,6 +506,14 @@ class RunWriter:
         self.byte_cursor["examples/text"] += sum(len(t) for t in texts)
         self.byte_cursor["examples/meta"] += sum(len(m) for m in metas)
         self.byte_cursor["tokens/text"] += sum(len(t) for t in token_strings)
+
+    def _scratch(self, size: int) -> np.ndarray:
+        """The reused packing buffer, grown (by half again, to grow rarely) when too small."""
+        buf = self._buffer
+        if buf is None or buf.shape[0] < size:
+            grown = int(1.5 * buf.shape[0]) if buf is not None else 0
+            buf = self._buffer = np.empty(max(size, grown), self.dtype)
+        return buf
 
     def finish(self) -> None:
         self.f["state/complete"][0] = 1
