@@ -15,13 +15,14 @@ from .errors import InputError, ProbeError, UnsupportedModelError
 from .models import default_model_path, load_model
 from .names import AXES, COMPONENTS, key, kv_head_of, parse_key
 from .notebook import compare, show
+from .patching import Patcher
 from .readers import bundled_path
 from .store import Run, SchemaError, open_run
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "AXES", "COMPONENTS", "AttentionProbe", "bundled_path", "Capture", "Example", "InputError", "ProbeError",
+    "AXES", "COMPONENTS", "AttentionProbe", "bundled_path", "Capture", "Example", "InputError", "Patcher", "ProbeError",
     "SUPPORTED_MODEL_TYPES", "UnsupportedModelError", "attention_layers", "default_model_path",
     "compare", "key", "kv_head_of", "load_model", "open_run", "parse_key", "Run", "SchemaError", "show",
     "__version__",

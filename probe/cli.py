@@ -469,6 +469,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_check_parser(sub)
 
+    from .patch_cli import add_patch_parser
+
+    add_patch_parser(sub)
+
     comb = sub.add_parser("combine", help="join shard files of one run into a single run file")
     comb.add_argument("shards", nargs="+", help="shard files written with --shard K/N, or a "
                       "folder of shard-K-of-N.h5 files (--shard auto --out DIR/)")
