@@ -164,6 +164,41 @@ class SweepResult:
         s = self.setups[i].status
         return s or ("small gap" if self.small_gap[i] else "")
 
+    def rows(self) -> list[dict]:
+        """One row per (pair, spec): id, kind, cluster, status, component, layer, head
+        (``all`` for a whole layer), gap, raw and effect (NaN where not normalised)."""
+        if self.raw.ndim != 2:
+            raise InputError("rows() needs a sweep of whole heads (per_position=False)")
+        effects = self.effects
+        return [{"id": s.id, "kind": s.kind, "cluster": s.cluster, "status": self.status(i) or "used",
+                 "component": component, "layer": layer,
+                 "head": heads[0] if len(heads) == 1 else "all",
+                 "gap": float(self.gap[i]), "raw": float(self.raw[i, k]), "effect": float(effects[i, k])}
+                for i, s in enumerate(self.setups)
+                for k, (component, layer, heads) in enumerate(self.specs)]
+
+    def to_pandas(self):
+        """:meth:`rows` as a pandas DataFrame (pandas is optional). Per-pair effects are
+        descriptive; the tests over clusters are :func:`probe.patch_report.statistics`."""
+        try:
+            import pandas as pd
+        except ImportError:
+            raise InputError("to_pandas() needs pandas: pip install pandas") from None
+        return pd.DataFrame(self.rows())
+
+    def _repr_html_(self) -> str:
+        import html
+
+        used = sum(1 for i in range(len(self.setups)) if not self.status(i))
+        with np.errstate(all="ignore"):
+            mean = np.nanmean(self.effects, axis=0) if used else np.full(len(self.specs), np.nan)
+        top = np.argsort(-np.abs(np.nan_to_num(mean)))[:5]
+        items = "".join(f"<li>{html.escape(str(self.specs[k][0]))} layer {self.specs[k][1]} "
+                        f"head {html.escape(str(self.specs[k][2][0] if len(self.specs[k][2]) == 1 else 'all'))}: "
+                        f"mean effect {mean[k]:.3f}</li>" for k in top if np.isfinite(mean[k]))
+        return (f"<p>patch sweep ({html.escape(self.metric)}): {used} of {len(self.setups)} pairs "
+                f"used, {len(self.specs)} patches; largest mean effects (descriptive):</p><ul>{items}</ul>")
+
 
 def _chunks(order, size):
     return [order[i:i + size] for i in range(0, len(order), size)]

@@ -77,6 +77,12 @@ class PatchResult:
     metric: str              # embedding or logit
     positions: list = field(default_factory=list)  # (target, source) positions patched
 
+    def _repr_html_(self) -> str:
+        value = "not normalised (gap too small)" if self.small_gap else f"{self.effect:.3f}"
+        return (f"<p>patch effect ({self.metric}): <b>{value}</b>, gap {self.gap:.4f}, raw "
+                f"{self.raw:.4f}, {len(self.positions)} positions patched; one pair: descriptive, "
+                "no test</p>")
+
 
 def _config_int(model, *names):
     config = model.config

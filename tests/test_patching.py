@@ -426,3 +426,22 @@ def test_cli_screen_controls_and_study_join(tmp_path, tiny_model_dir):
     assert corr[0]["kind"] == "copula" and corr[0]["n_heads"] == "3"
     assert (out / "patch_vs_control.csv").exists()
     assert "Spearman" in (out / "summary.md").read_text()
+
+
+# ----------------------------------------------------------------------------- notebook
+
+
+def test_sweep_table_and_reprs(tokenizer):
+    """rows()/to_pandas() hold every (pair, head) with raw / gap = effect; both results render."""
+    pd = pytest.importorskip("pandas")
+    with Patcher(_tiny("bert"), tokenizer, min_gap=0) as pt:
+        setups = _pairs(pt)
+        result = sweep(pt, setups, head_specs(pt, "z"))
+        one = pt.effect(*UNEQUAL, heads=[(1, 0)])
+    table = result.to_pandas()
+    assert isinstance(table, pd.DataFrame) and len(table) == len(setups) * len(result.specs)
+    row = table[(table["id"] == setups[0].id) & (table["layer"] == 1) & (table["head"] == 0)].iloc[0]
+    assert row.effect == pytest.approx(row.raw / row.gap)
+    assert row.effect == pytest.approx(result.effects[0, [s[1:] for s in result.specs].index((1, (0,)))])
+    assert "patch sweep (embedding): 3 of 3 pairs used" in result._repr_html_()
+    assert f"{one.effect:.3f}" in one._repr_html_() and "descriptive" in one._repr_html_()
