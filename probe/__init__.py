@@ -11,6 +11,7 @@ np.float32(1.0)
 from .architectures import SUPPORTED_MODEL_TYPES, attention_layers
 from .capture import AttentionProbe
 from .captures import Capture, Example
+from .encdec import EncoderDecoderProbe
 from .errors import InputError, ProbeError, UnsupportedModelError
 from .models import default_model_path, load_model
 from .names import AXES, COMPONENTS, key, kv_head_of, parse_key
@@ -22,7 +23,7 @@ from .store import Run, SchemaError, open_run
 __version__ = "0.1.0"
 
 __all__ = [
-    "AXES", "COMPONENTS", "AttentionProbe", "bundled_path", "Capture", "Example", "InputError", "Patcher", "ProbeError",
+    "AXES", "COMPONENTS", "AttentionProbe", "EncoderDecoderProbe", "bundled_path", "Capture", "Example", "InputError", "Patcher", "ProbeError",
     "SUPPORTED_MODEL_TYPES", "UnsupportedModelError", "attention_layers", "default_model_path",
     "compare", "key", "kv_head_of", "load_model", "open_run", "parse_key", "Run", "SchemaError", "show",
     "__version__",

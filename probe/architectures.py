@@ -18,6 +18,12 @@ keyword arguments. Detection finds them from the module tree:
 The explicit table :data:`FAMILIES` keeps only what detection cannot infer (ALBERT's one set of
 weights shared by every layer) and the names used in reports.
 
+Encoder-decoders (T5, BART, Whisper) are found by :func:`encoder_decoder_layers` and captured by
+:class:`probe.encdec.EncoderDecoderProbe`: the same detection runs in the encoder stack and the
+decoder stack, and the decoder's attention modules named like a cross-attention
+(:data:`CROSS_NAMES`) form a third list. :func:`attention_layers` (used by ``AttentionProbe``)
+refuses them and names that class.
+
 >>> sorted(SUPPORTED_MODEL_TYPES)[:3]
 ['albert', 'bert', 'distilbert']
 """
@@ -49,6 +55,10 @@ PARENT_OUT_NAMES: tuple[str, ...] = ("output.dense",)
 #: parameters of a model's eager attention function that probe's backend reproduces
 _KNOWN_EAGER_PARAMS = frozenset({"module", "query", "key", "value", "attention_mask", "scaling",
                                  "dropout", "softcap", "sliding_window", "kwargs"})
+#: eager parameters that only the encoder-decoder backend (probe.encdec) reproduces
+_ENCDEC_EAGER_PARAMS = frozenset({"position_bias"})
+#: attribute names of a decoder block's cross-attention module (T5, BART/Whisper, BERT-style)
+CROSS_NAMES: tuple[str, ...] = ("EncDecAttention", "encoder_attn", "crossattention", "cross_attn")
 #: attributes of the calling module that an eager function may read without changing the math
 _KNOWN_MODULE_ATTRS = frozenset({"num_key_value_groups", "training", "sinks", "config",
                                  "head_dim", "is_causal", "scaling", "layer_idx"})
@@ -92,8 +102,18 @@ FAMILIES: tuple[Family, ...] = (
     Family("gpt-oss", ("gpt_oss",)),
 )
 
+#: encoder-decoders captured by probe.encdec.EncoderDecoderProbe (not by AttentionProbe)
+ENCODER_DECODER_FAMILIES: tuple[Family, ...] = (
+    Family("T5", ("t5",)),
+    Family("BART", ("bart",)),
+    Family("Whisper", ("whisper",)),
+)
+
 #: model types proven by the test suite (others may still be detected)
 SUPPORTED_MODEL_TYPES: frozenset[str] = frozenset(t for f in FAMILIES for t in f.model_types)
+#: encoder-decoder model types proven by tests/test_encdec.py
+ENCODER_DECODER_MODEL_TYPES: frozenset[str] = frozenset(
+    t for f in ENCODER_DECODER_FAMILIES for t in f.model_types)
 
 #: model types known to compute attention outside transformers' attention interface
 _OUTSIDE_INTERFACE = ("deberta-v2", "deberta", "falcon", "bloom", "gpt_neo")
@@ -177,7 +197,7 @@ def supported_families() -> str:
 def family_name(model: nn.Module) -> str:
     """The family's report name, or ``"detected (<model_type>)"`` for an untabled model."""
     model_type = getattr(getattr(model, "config", None), "model_type", None)
-    for family in FAMILIES:
+    for family in FAMILIES + ENCODER_DECODER_FAMILIES:
         if model_type in family.model_types:
             return family.name
     return f"detected ({model_type})"
@@ -225,8 +245,9 @@ def _uses_interface(module: nn.Module) -> bool:
     return source is None or "ALL_ATTENTION_FUNCTIONS" in source
 
 
-def _eager_surprise(module: nn.Module) -> str | None:
-    """Why the model's own eager attention differs from probe's backend, if it visibly does."""
+def _eager_surprise(module: nn.Module, modelled: frozenset = frozenset()) -> str | None:
+    """Why the model's own eager attention differs from probe's backend, if it visibly does
+    (``modelled``: extra eager parameters the calling backend reproduces)."""
     eager = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
     if eager is None:
         return None
@@ -235,7 +256,7 @@ def _eager_surprise(module: nn.Module) -> str | None:
         source = inspect.getsource(eager)
     except (OSError, TypeError, ValueError):
         return None
-    extra = sorted(params - _KNOWN_EAGER_PARAMS)
+    extra = sorted(params - _KNOWN_EAGER_PARAMS - modelled)
     if extra:
         return f"its eager attention takes {', '.join(extra)}, which probe does not model"
     attrs = sorted(set(re.findall(r"\bmodule\.(\w+)", source)) - _KNOWN_MODULE_ATTRS)
@@ -287,15 +308,31 @@ def attention_layers(model: nn.Module) -> list[AttentionLayer]:
     Raises :class:`UnsupportedModelError` naming the part that was not found: no attention
     module, attention computed outside transformers' interface, no output projection, an
     eager variant probe does not model, or a layer count that does not match the config.
+    Encoder-decoders are refused with a pointer to :class:`probe.encdec.EncoderDecoderProbe`.
     """
     config = getattr(model, "config", None)
     model_type = getattr(config, "model_type", None)
     what = f"{type(model).__name__} (model_type={model_type!r})"
     if getattr(config, "is_encoder_decoder", False):
         raise UnsupportedModelError(
-            f"{what} is an encoder-decoder; probe captures single-stack self-attention models "
-            "only (encoder-decoder self- and cross-attention is not supported yet)")
+            f"{what} is an encoder-decoder; AttentionProbe captures single-stack models only. "
+            "Use probe.encdec.EncoderDecoderProbe(model, tokenizer) for its encoder "
+            "self-attention, decoder self-attention and cross-attention (in memory; writing "
+            "encoder-decoder runs to HDF5 is not supported yet)")
     root_name, root = _text_root(model)
+    found = _find(model, root_name, root, what)
+    family = _family(model_type)
+    if family is not None and family.layers is not None:
+        found = family.layers(model, found)
+    layers = _as_layers(model, found)
+    _check_count(what, layers, _n_layers(model), "")
+    return layers
+
+
+def _find(model: nn.Module, root_name: str, root: nn.Module, what: str,
+          modelled: frozenset = frozenset()) -> list[tuple[str, nn.Module, str]]:
+    """(name, attention module, output projection name) of every attention module under
+    ``root``, in module order; raises naming what was not found."""
     found, outside, no_out, surprises = [], [], [], []
     for rel, module in root.named_modules():
         qkv = _projections(module)
@@ -309,7 +346,7 @@ def attention_layers(model: nn.Module) -> list[AttentionLayer]:
         if out_name is None:
             no_out.append(f"{type(module).__name__} at {name!r} ({qkv})")
             continue
-        surprise = _eager_surprise(module)
+        surprise = _eager_surprise(module, modelled)
         if surprise is not None:
             surprises.append(f"{type(module).__name__}: {surprise}")
             continue
@@ -333,19 +370,100 @@ def attention_layers(model: nn.Module) -> list[AttentionLayer]:
             f"{what}: found no attention module: no submodule has query/key/value projections "
             f"named {', '.join('/'.join(n) for n in QKV_NAMES)} or a fused projection named "
             f"{', '.join(FUSED_QKV_NAMES)}. Tested families: {supported_families()}")
-    family = _family(model_type)
-    if family is not None and family.layers is not None:
-        found = family.layers(model, found)
+    return found
+
+
+def _as_layers(model: nn.Module, found) -> list[AttentionLayer]:
     layers = []
     for index, (name, module, out_name) in enumerate(found):
         out_proj = model.get_submodule(out_name)
         conv1d = type(out_proj).__name__ == "Conv1D"
         layers.append(AttentionLayer(index, name, module, out_proj, conv1d, out_name,
                                      _chain(model, out_name)))
-    expected = _n_layers(model)
+    return layers
+
+
+def _check_count(what: str, layers, expected, where: str) -> None:
     if expected is not None and len(layers) != expected:
         raise UnsupportedModelError(
-            f"{what}: found {len(layers)} attention modules ({_shown(layers)}) "
+            f"{what}: found {len(layers)} {where}attention modules ({_shown(layers)}) "
             f"but the config has {expected} layers; the model does not have a layout probe can "
             "detect (add a Family entry with a `layers` function in probe/architectures.py)")
-    return layers
+
+
+@dataclass(frozen=True)
+class EncoderDecoderLayers:
+    """The attention layers of an encoder-decoder: encoder self-attention, decoder
+    self-attention and decoder cross-attention, each numbered from 0 in module order."""
+
+    encoder: list[AttentionLayer]
+    decoder: list[AttentionLayer]
+    cross: list[AttentionLayer]
+    #: the encoder and decoder stack modules (where their inputs and padding masks arrive)
+    encoder_stack: nn.Module | None = field(default=None, compare=False, repr=False)
+    decoder_stack: nn.Module | None = field(default=None, compare=False, repr=False)
+
+    def sites(self):
+        """``(stack, site, layers)`` for each of the three kinds, in key order."""
+        return (("encoder", "attn", self.encoder), ("decoder", "attn", self.decoder),
+                ("decoder", "cross_attn", self.cross))
+
+
+def _stack(model: nn.Module, which: str, what: str) -> tuple[str, nn.Module]:
+    """The shallowest submodule named ``which`` ("encoder" or "decoder")."""
+    best = None
+    for name, module in model.named_modules():
+        if name.split(".")[-1] == which and (best is None or name.count(".") < best[0].count(".")):
+            best = (name, module)
+    if best is None:
+        raise UnsupportedModelError(
+            f"{what}: is_encoder_decoder is set but no submodule is named {which!r}; probe finds "
+            "the two stacks by those names")
+    return best
+
+
+def _config_count(config, names_) -> int | None:
+    for name in names_:
+        value = getattr(config, name, None)
+        if isinstance(value, int):
+            return value
+    return None
+
+
+def encoder_decoder_layers(model: nn.Module) -> EncoderDecoderLayers:
+    """The encoder's self-attention layers, the decoder's self-attention layers and the
+    decoder's cross-attention layers of an encoder-decoder (T5, BART, Whisper), each with its
+    output projection.
+
+    Detection is that of :func:`attention_layers`, run in each stack; in the decoder, a module
+    whose attribute name is one of :data:`CROSS_NAMES` is a cross-attention. T5's relative
+    position bias (``position_bias``) is modelled by :mod:`probe.encdec`'s backend. Raises
+    :class:`UnsupportedModelError` for single-stack models and for counts that differ from the
+    config.
+    """
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    what = f"{type(model).__name__} (model_type={model_type!r})"
+    if not getattr(config, "is_encoder_decoder", False):
+        raise UnsupportedModelError(
+            f"{what} is not an encoder-decoder (config.is_encoder_decoder is not set); use "
+            "probe.AttentionProbe for it")
+    enc_name, encoder = _stack(model, "encoder", what)
+    dec_name, decoder = _stack(model, "decoder", what)
+    enc = _find(model, enc_name, encoder, f"{what} encoder", _ENCDEC_EAGER_PARAMS)
+    dec_all = _find(model, dec_name, decoder, f"{what} decoder", _ENCDEC_EAGER_PARAMS)
+    cross = [item for item in dec_all if item[0].split(".")[-1] in CROSS_NAMES]
+    dec = [item for item in dec_all if item[0].split(".")[-1] not in CROSS_NAMES]
+    result = EncoderDecoderLayers(_as_layers(model, enc), _as_layers(model, dec),
+                                  _as_layers(model, cross), encoder, decoder)
+    n_enc = _config_count(config, ("encoder_layers", "num_layers", "num_hidden_layers"))
+    n_dec = _config_count(config, ("decoder_layers", "num_decoder_layers", "num_layers",
+                                   "num_hidden_layers"))
+    _check_count(what, result.encoder, n_enc, "encoder self-")
+    _check_count(what, result.decoder, n_dec, "decoder self-")
+    if len(result.cross) != len(result.decoder):
+        raise UnsupportedModelError(
+            f"{what}: found {len(result.cross)} cross-attention modules (named "
+            f"{', '.join(CROSS_NAMES)}) for {len(result.decoder)} decoder self-attention "
+            f"modules ({_shown(result.decoder)}); probe expects one of each per decoder block")
+    return result

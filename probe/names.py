@@ -4,7 +4,7 @@ A captured tensor is addressed by a *key* ``blocks.{layer}.attn.{component}``, t
 in memory (``example["blocks.3.attn.pattern"]``), on disk and in analyses. Each component has a
 fixed tuple of axis names from one vocabulary::
 
-    example batch layer head kv_head query key token d_head pair
+    example batch layer head kv_head query key token source d_head pair
 
 >>> key(3, "pattern")
 'blocks.3.attn.pattern'
@@ -12,6 +12,19 @@ fixed tuple of axis names from one vocabulary::
 (3, 'pattern')
 >>> AXES["k"]
 ('kv_head', 'token', 'd_head')
+
+Encoder-decoders (:mod:`probe.encdec`) name the stack, and the decoder's cross-attention is a
+second *site* of each decoder block: ``encoder.blocks.{l}.attn.*``, ``decoder.blocks.{l}.attn.*``
+and ``decoder.blocks.{l}.cross_attn.*``. Cross-attention keys are encoder tokens, so where
+self-attention has ``key`` (or ``token`` for k, v, value_norm) cross-attention has ``source``:
+
+>>> key(1, "pattern", stack="decoder", site="cross_attn")
+'decoder.blocks.1.cross_attn.pattern'
+>>> parts = parse_key("decoder.blocks.1.cross_attn.pattern")
+>>> parts, parts.stack, parts.site
+((1, 'pattern'), 'decoder', 'cross_attn')
+>>> axes("decoder.blocks.1.cross_attn.pattern")
+('head', 'query', 'source')
 
 Grouped-query models keep their own number of key/value heads: query head ``h`` reads key/value
 head ``h // (n_heads // n_kv_heads)`` (see :func:`kv_head_of`).
@@ -54,35 +67,110 @@ DERIVED: dict[str, tuple[str, ...]] = {"value_weighted": ("pattern", "value_norm
 #: Axes that index token positions of one example (sliced when padding is removed).
 SEQUENCE_AXES = frozenset({"token", "query", "key"})
 
-_KEY_RE = re.compile(r"^blocks\.(\d+)\.attn\.([a-z_]+)$")
+#: The axis of encoder tokens read by a decoder's cross-attention (its keys and values); it is
+#: cut with the encoder's padding, not the decoder's, so it is not in SEQUENCE_AXES.
+SOURCE = "source"
+
+#: Stacks of an encoder-decoder, and the attention sites of a block.
+STACKS: tuple[str, ...] = ("encoder", "decoder")
+SITES: tuple[str, ...] = ("attn", "cross_attn")
+
+#: Axes of each component at a cross-attention site: key positions are encoder tokens.
+CROSS_AXES: dict[str, tuple[str, ...]] = {
+    c: tuple(SOURCE if a == "key" or (a == "token" and c in ("k", "v", "value_norm")) else a
+             for a in axes_)
+    for c, axes_ in AXES.items()
+}
+
+_KEY_RE = re.compile(r"^(?:(encoder|decoder)\.)?blocks\.(\d+)\.(attn|cross_attn)\.([a-z_]+)$")
+_KEY_FORMS = ("'blocks.<layer>.attn.<component>' (single-stack models), "
+              "'encoder.blocks.<layer>.attn.<component>', "
+              "'decoder.blocks.<layer>.attn.<component>' or "
+              "'decoder.blocks.<layer>.cross_attn.<component>' (encoder-decoders)")
 
 
-def key(layer: int, component: str) -> str:
-    """The canonical key of ``component`` at ``layer``.
+class KeyParts(tuple):
+    """What :func:`parse_key` returns: the pair ``(layer, component)``, which unpacks and compares
+    like a tuple, plus ``stack`` (None, "encoder" or "decoder") and ``site`` ("attn" or
+    "cross_attn") as attributes."""
 
-    >>> key(0, "q")
-    'blocks.0.attn.q'
+    def __new__(cls, layer: int, component: str, stack: str | None = None, site: str = "attn"):
+        self = super().__new__(cls, (layer, component))
+        self.stack, self.site = stack, site
+        return self
+
+    def __getnewargs__(self):  # pickle and copy rebuild it with its attributes
+        return (self[0], self[1], self.stack, self.site)
+
+    @property
+    def layer(self) -> int:
+        return self[0]
+
+    @property
+    def component(self) -> str:
+        return self[1]
+
+
+def key(layer: int, component: str, *, stack: str | None = None, site: str = "attn") -> str:
+    """The canonical key of ``component`` at ``layer`` (of ``stack``'s ``site`` in an
+    encoder-decoder).
+
+    >>> key(0, "q"), key(0, "q", stack="encoder")
+    ('blocks.0.attn.q', 'encoder.blocks.0.attn.q')
     """
     if component not in AXES:
         raise InputError(
             f"unknown component {component!r}: expected one of {', '.join(COMPONENTS)}"
         )
-    return f"blocks.{int(layer)}.attn.{component}"
+    if stack is not None and stack not in STACKS:
+        raise InputError(f"unknown stack {stack!r}: expected one of {', '.join(STACKS)} or None")
+    if site not in SITES:
+        raise InputError(f"unknown attention site {site!r}: expected one of {', '.join(SITES)}")
+    if site == "cross_attn" and stack != "decoder":
+        raise InputError("cross-attention ('cross_attn') exists only in the decoder of an "
+                         f"encoder-decoder: use stack='decoder', got stack={stack!r}")
+    prefix = f"{stack}." if stack is not None else ""
+    return f"{prefix}blocks.{int(layer)}.{site}.{component}"
 
 
-def parse_key(name: str) -> tuple[int, str]:
-    """Split a canonical key into ``(layer, component)``.
+def parse_key(name: str) -> KeyParts:
+    """Split a canonical key into ``(layer, component)``; ``.stack`` and ``.site`` tell where.
 
     >>> parse_key("blocks.11.attn.value_weighted")
     (11, 'value_weighted')
+    >>> parse_key("encoder.blocks.0.attn.q").stack
+    'encoder'
     """
-    match = _KEY_RE.match(name)
-    if match is None or match.group(2) not in AXES:
+    match = _KEY_RE.match(name) if isinstance(name, str) else None
+    if (match is None or match.group(4) not in AXES
+            or (match.group(3) == "cross_attn" and match.group(1) != "decoder")):
         raise InputError(
-            f"{name!r} is not a capture key: expected 'blocks.<layer>.attn.<component>' with "
-            f"component one of {', '.join(COMPONENTS)}, e.g. 'blocks.3.attn.pattern'"
+            f"{name!r} is not a capture key: expected {_KEY_FORMS} with component one of "
+            f"{', '.join(COMPONENTS)}, e.g. 'blocks.3.attn.pattern'"
         )
-    return int(match.group(1)), match.group(2)
+    stack, layer, site, component = match.groups()
+    return KeyParts(int(layer), component, stack, site)
+
+
+def axes(name: str) -> tuple[str, ...]:
+    """The axes of one example's array under key ``name`` (cross-attention keys read encoder
+    tokens: axis ``source``).
+
+    >>> axes("blocks.0.attn.k"), axes("decoder.blocks.0.cross_attn.k")
+    (('kv_head', 'token', 'd_head'), ('kv_head', 'source', 'd_head'))
+    """
+    parts = parse_key(name)
+    return (CROSS_AXES if parts.site == "cross_attn" else AXES)[parts.component]
+
+
+def sibling(name: str, component: str) -> str:
+    """The key of ``component`` at the same layer, stack and site as key ``name``.
+
+    >>> sibling("decoder.blocks.2.cross_attn.value_weighted", "pattern")
+    'decoder.blocks.2.cross_attn.pattern'
+    """
+    parts = parse_key(name)
+    return key(parts.layer, component, stack=parts.stack, site=parts.site)
 
 
 def kv_head_of(head: int, n_heads: int, n_kv_heads: int) -> int:
