@@ -67,11 +67,16 @@ def logits(q: torch.Tensor, k: torch.Tensor, mask: torch.Tensor | None, scaling:
     >>> logits(q, k, None, 1.0, softcap=5.0).flatten().tolist()
     [4.8201..., 4.8201...]
     """
-    scores = torch.matmul(q, repeat_kv(k, q.shape[1]).transpose(-1, -2)) * scaling
+    # in place on the fresh matmul result: the same operations in the same order as
+    # ``(q @ k^T) * scaling + mask`` (identical numbers), without two more score-sized tensors;
+    # autograd allows it (neither matmul nor mul saves its output)
+    scores = torch.matmul(q, repeat_kv(k, q.shape[1]).transpose(-1, -2)).mul_(scaling)
     if softcap is not None:
         scores = torch.tanh(scores / softcap) * softcap
     if mask is not None:
-        scores = scores + mask
+        in_place = (mask.dtype == scores.dtype and mask.dim() == scores.dim()
+                    and all(m in (1, n) for m, n in zip(mask.shape, scores.shape)))
+        scores = scores.add_(mask) if in_place else scores + mask
     return scores
 
 
@@ -112,26 +117,60 @@ def head_output_weights(w_o: torch.Tensor, n_heads: int) -> torch.Tensor:
     return rearrange(w_o, "d_model (head d_head) -> head d_head d_model", head=n_heads)
 
 
+def value_norm_factor(w_o: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """What value norms need from W_O, in float64: ``F`` ``[head, d_head, rank]`` with
+    ``||v W_O^h|| = ||v F_h||`` for every vector v.
+
+    ``F_h = R_h^T`` from the QR decomposition ``W_O^h^T = Q_h R_h`` (Q_h has orthonormal
+    columns, so it drops out of the norm). It depends on the weights only, so a caller may
+    compute it once and reuse it while W_O is unchanged (as :class:`probe.AttentionProbe` does).
+    Norms through F are sums of squares, with no cancellation, unlike the quadratic form of the
+    Gram matrix ``v W W^T v^T``; a zero (ablated) head gives F_h = 0 and norms 0.
+
+    >>> w_o = torch.randn(6, 2 * 3, dtype=torch.float64); v = torch.randn(1, 2, 4, 3, dtype=torch.float64)
+    >>> bool(torch.allclose(value_norms_with(v, value_norm_factor(w_o, 2)),
+    ...                     value_vectors(v, w_o, 2).norm(dim=-1)))
+    True
+    """
+    w = head_output_weights(w_o.detach().to(torch.float64), n_heads)  # [head, d_head, d_model]
+    r = torch.linalg.qr(w.transpose(-1, -2), mode="r").R  # [head, rank, d_head]
+    return r.transpose(-1, -2).contiguous()
+
+
+def value_norms_with(v: torch.Tensor, factor: torch.Tensor) -> torch.Tensor:
+    """``||f_h(x_j)||`` ``[batch, head, token]`` from values ``[batch, kv_head, token, d_head]``
+    and :func:`value_norm_factor` (any dtype and device; it is cast to the computing dtype).
+
+    Computed in float32 for half-precision values (returned in their dtype), otherwise in the
+    values' dtype; kv heads are not repeated: each is multiplied by its group's factors.
+    """
+    n_heads, n_kv = factor.shape[0], v.shape[1]
+    compute = torch.float32 if v.dtype in (torch.float16, torch.bfloat16) else v.dtype
+    f = factor.to(device=v.device, dtype=compute)
+    f = f.view(n_kv, n_heads // n_kv, *f.shape[1:])  # [kv_head, group, d_head, rank]
+    u = torch.matmul(v.to(compute).unsqueeze(2), f)  # [batch, kv_head, group, token, rank]
+    return torch.linalg.vector_norm(u, dim=-1).flatten(1, 2).to(v.dtype)
+
+
 def value_norms(v: torch.Tensor, w_o: torch.Tensor, n_heads: int) -> torch.Tensor:
     """``||f_h(x_j)||`` for every head and token: ``[batch, head, token]``.
 
     ``f_h(x_j) = v_j W_O^h`` is value vector j (bias included) mapped through head h's slice of
-    the output projection (Kobayashi et al. 2020). Computed through the per-head Gram matrix
-    ``G_h = W_O^h W_O^h^T`` (``[d_head, d_head]``), since ``||v W||^2 = v G v^T``; that is
-    d_model / d_head times less work than forming every f_h(x_j). The Gram matrix is formed in
-    float64 so the only rounding left is that of the final quadratic form.
+    the output projection (Kobayashi et al. 2020). From scratch: :func:`value_norm_factor` (in
+    float64) then :func:`value_norms_with`; that is d_model / d_head times less work per token
+    than forming every f_h(x_j), and the factor can be kept while W_O does not change.
     """
-    if w_o.shape[-1] != n_heads * v.shape[-1]:
+    check_output_weight(w_o, n_heads, v.shape[-1])
+    return value_norms_with(v, value_norm_factor(w_o.to(v.device), n_heads))
+
+
+def check_output_weight(w_o: torch.Tensor, n_heads: int, d_head: int) -> None:
+    """Refuse a W_O whose input size is not ``n_heads * d_head``."""
+    if w_o.shape[-1] != n_heads * d_head:
         raise UnsupportedModelError(
             f"the output projection takes {w_o.shape[-1]} inputs but the attention produces "
-            f"{n_heads} heads x {v.shape[-1]} = {n_heads * v.shape[-1]}; it is not this "
+            f"{n_heads} heads x {d_head} = {n_heads * d_head}; it is not this "
             "attention's W_O, so value norms cannot be computed")
-    w = head_output_weights(w_o.to(v.device), n_heads).to(torch.float64)
-    gram = torch.einsum("hdm,hem->hde", w, w).to(v.dtype)
-    v_all = repeat_kv(v, n_heads)
-    vg = torch.einsum("bhtd,hde->bhte", v_all, gram)
-    sq = (vg * v_all).sum(-1)
-    return sq.clamp_min(0).sqrt()
 
 
 def value_weighted(pattern, value_norm):

@@ -27,7 +27,8 @@ import torch
 
 from . import names
 from .architectures import AttentionLayer, attention_layers
-from .attention import additive_mask, attend_with_sink, masked_positions, repeat_kv, value_norms
+from .attention import (additive_mask, attend_with_sink, check_output_weight, masked_positions,
+                        repeat_kv, value_norm_factor, value_norms_with)
 from .captures import Capture, CapturedBatch
 from .errors import InputError, ProbeError, UnsupportedModelError
 from .inputs import batches_by_length, encode, max_length_of, pad, pad_id_of
@@ -127,6 +128,47 @@ def _spans(attention_mask, batch: int, width: int) -> list[tuple[int, int]]:
     return spans
 
 
+class _ValueNormFactors:
+    """Per layer, :func:`~probe.attention.value_norm_factor` of its W_O, recomputed only when
+    W_O changes.
+
+    A change is seen by a fingerprint of W_O's content, ``W_O @ r`` for a fixed random +-1
+    vector r (one pass over W_O, a d_head-th of the factor's cost), compared bit for bit, and by
+    its shape and dtype. Identity and version counters would not do: ``weight.data.mul_(2)``
+    bumps no version counter, and offloaded weights are fresh tensors on every call. An edit
+    below the fingerprint's rounding (about 1e-6 of a weight's typical size) can go unseen;
+    its effect on a norm is below float32 rounding.
+    """
+
+    def __init__(self):
+        self._entries: dict[int, tuple] = {}
+        self._signs: dict[tuple, torch.Tensor] = {}
+
+    def _fingerprint(self, w: torch.Tensor) -> torch.Tensor:
+        key = (w.shape[-1], w.dtype, w.device)
+        if key not in self._signs:
+            g = torch.Generator().manual_seed(15)
+            signs = torch.randint(0, 2, (w.shape[-1],), generator=g).mul_(2).sub_(1)
+            self._signs[key] = signs.to(dtype=w.dtype, device=w.device)
+        return torch.mv(w, self._signs[key])
+
+    def get(self, layer: AttentionLayer, n_heads: int, d_head: int, v: torch.Tensor):
+        with torch.no_grad():
+            w = layer.output_weight().detach()  # on its own device: no copy unless W_O changed
+            check_output_weight(w, n_heads, d_head)
+            fingerprint = self._fingerprint(w)
+            entry = self._entries.get(layer.index)
+            if (entry is None or entry[0] != (w.shape, w.dtype, n_heads)
+                    or not torch.equal(entry[1], fingerprint)):
+                entry = ((w.shape, w.dtype, n_heads), fingerprint, {})
+                self._entries[layer.index] = entry
+            compute = torch.float32 if v.dtype in (torch.float16, torch.bfloat16) else v.dtype
+            cast = entry[2]  # the factor on v's device in the computing dtype (float64 dropped)
+            if (v.device, compute) not in cast:
+                cast[v.device, compute] = value_norm_factor(w, n_heads).to(v.device, compute)
+            return cast[v.device, compute]
+
+
 class AttentionProbe:
     """Capture Q, K, V, scores, pattern, z and value-weighted attention per layer and head.
 
@@ -157,6 +199,7 @@ class AttentionProbe:
         self._attached = False
         self._original_impl = None
         self._forward_options = _no_cache(model)
+        self._value_factors = _ValueNormFactors()
         #: per layer, what the model passed to its attention function (scaling, soft-cap, ...)
         self.layer_facts: dict[int, dict] = {}
         #: None, or ``f(layer, pattern, value, z) -> None | (pattern, z)`` called by the
@@ -308,18 +351,34 @@ class AttentionProbe:
         if "v" in wanted:
             got["v"] = value
         if "scores" in wanted:
-            got["scores"] = (scores if mask is None else
-                             scores.masked_fill(masked_positions(mask), float("-inf")))
+            got["scores"] = scores if mask is None else self._fill_masked(scores, mask)
         if "pattern" in wanted:
             got["pattern"] = pattern
         if "z" in wanted:
             got["z"] = z
         if "value_norm" in wanted:
-            got["value_norm"] = value_norms(value, layer.output_weight(value.device).detach(),
-                                            query.shape[1])
+            factor = self._value_factors.get(layer, query.shape[1], value.shape[-1], value)
+            got["value_norm"] = value_norms_with(value.detach(), factor)
         if "sink" in wanted:
             got["sink"] = sink if sink is not None else pattern.new_zeros(pattern.shape[:-1])
         self._pending[layer.index] = {c: t.detach() for c, t in got.items()}
+
+    def _fill_masked(self, scores, mask):
+        """Scores with masked entries set to -inf, in place: after the softmax the backend's
+        scores tensor serves only this capture (the softmax saved its output, not its input).
+        The boolean positions are made once per mask per forward call (layers share masks)."""
+        cache = self._call.setdefault("masked", [])
+        for held, positions in cache:  # `held` keeps the mask alive, so its address is unique
+            if (held.data_ptr() == mask.data_ptr() and held.shape == mask.shape
+                    and held.stride() == mask.stride() and held.dtype == mask.dtype):
+                break
+        else:
+            positions = masked_positions(mask)
+            cache.append((mask, positions))
+            del cache[:-4]  # bounded, even for calls that bypass the model's forward hooks
+        if scores.requires_grad:
+            return scores.masked_fill(positions, float("-inf"))
+        return scores.masked_fill_(positions, float("-inf"))
 
     def _after_forward(self, module, args, kwargs, output):
         pending, call = self._pending, self._call
