@@ -57,3 +57,76 @@ def test_shard_auto_ranks_combine_to_the_unsharded_run(tmp_path, tiny_model_dir,
             assert a[i].text == b[i].text
             for key in a.keys:
                 assert np.array_equal(a[i][key], b[i][key]), (i, key)
+
+
+def _worker_pids(rank: int) -> list[int]:
+    """Processes started by torchrun (they carry TORCHELASTIC_RUN_ID) with RANK=rank."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as f:
+                env = dict(item.split(b"=", 1) for item in f.read().split(b"\0") if b"=" in item)
+        except OSError:
+            continue
+        if b"TORCHELASTIC_RUN_ID" in env and env.get(b"RANK") == str(rank).encode():
+            found.append(int(entry))
+    return found
+
+
+@pytest.mark.slow
+def test_torchrun_rank_killed_mid_run_restarts_resumes_and_combines_exactly(tmp_path, tiny_model_dir):
+    """torchrun --nproc-per-node 2 runs `probe capture --shard auto --resume`; rank 1 gets
+    SIGKILL after it committed part of its shard; torchrun restarts the group, each rank
+    resumes its own file, and the combined run equals an unsharded run (max diff 0)."""
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from probe import open_run
+
+    if shutil.which("torchrun") is None:
+        pytest.skip("torchrun is not installed")
+    n = 1200
+    texts = tmp_path / "in.txt"
+    texts.write_text("\n".join(f"Sentence {i} says {'more ' * (i % 7)}about item {i}." for i in range(n)) + "\n")
+    common = ["capture", str(texts), "--model", str(tiny_model_dir), "--keys", "pattern,z",
+              "--batch-size", "4", "--window", "64", "--quiet"]
+    probe_exe = shutil.which("probe")
+    assert subprocess.run([probe_exe, *common, "--out", str(tmp_path / "whole.h5")]).returncode == 0
+    shards = tmp_path / "shards"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--max-restarts", "1",
+         "--monitor-interval", "0.2", "--no-python", probe_exe, *common, "--shard", "auto",
+         "--resume", "--out", str(shards) + "/"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        target, killed = shards / "shard-1-of-2.h5", None
+        deadline = time.time() + 120
+        while killed is None and time.time() < deadline and launcher.poll() is None:
+            if target.exists() and target.stat().st_size > 200_000:  # some batches are on disk
+                pids = _worker_pids(1)
+                if pids:
+                    for pid in pids:
+                        os.kill(pid, signal.SIGKILL)
+                    killed = pids
+            time.sleep(0.05)
+        out, _ = launcher.communicate(timeout=300)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    log = out.decode(errors="replace")
+    assert killed, "rank 1 finished before it could be killed: make the input longer\n" + log
+    assert launcher.returncode == 0, log
+    assert "restart" in log.lower() or "failed" in log.lower(), log   # torchrun saw the failure
+    combined = tmp_path / "all.h5"
+    assert subprocess.run([probe_exe, "combine", str(shards), "--out", str(combined)]).returncode == 0
+    with open_run(tmp_path / "whole.h5") as a, open_run(combined) as b:
+        assert len(a) == len(b) == n and b.complete
+        for i in range(0, n, 7):
+            assert a[i].text == b[i].text
+            for key in a.keys:
+                assert np.array_equal(a[i][key], b[i][key]), (i, key)
