@@ -33,6 +33,7 @@ import re
 
 import numpy as np
 
+from . import names
 from .align import align
 
 
@@ -55,7 +56,7 @@ def _panel(name: str, tokens, pattern, vw=None) -> dict:
 
 
 def _stack(example, component, layers):
-    return np.stack([example[f"blocks.{l}.attn.{component}"] for l in layers])
+    return np.stack([example[names.key(layer, component)] for layer in layers])
 
 
 def _difference(example, other, layers, has_vw) -> dict:
@@ -90,12 +91,13 @@ def build_view(example, other=None, *, title: str | None = None) -> str:
     >>> page.startswith("<!DOCTYPE html>"), "http" in page
     (True, False)
     """
-    layers = sorted({int(k.split(".")[1]) for k in example if k.endswith(".pattern")})
+    layers = sorted({layer for layer, component in map(names.parse_key, example)
+                     if component == "pattern"})
     if not layers:
         raise ValueError("the example has no captured pattern to view")
-    has_vw = all(f"blocks.{l}.attn.value_weighted" in example for l in layers)
+    has_vw = all(names.key(layer, "value_weighted") in example for layer in layers)
     if other is not None:
-        has_vw = has_vw and all(f"blocks.{l}.attn.value_weighted" in other for l in layers)
+        has_vw = has_vw and all(names.key(layer, "value_weighted") in other for layer in layers)
     p0 = _stack(example, "pattern", layers)
     panels = [_panel("original" if other is not None else "example", example.tokens, p0,
                      _stack(example, "value_weighted", layers) if has_vw else None)]
