@@ -473,6 +473,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_patch_parser(sub)
 
+    from .verify import add_verify_parser
+
+    add_verify_parser(sub)
+
     comb = sub.add_parser("combine", help="join shard files of one run into a single run file")
     comb.add_argument("shards", nargs="+", help="shard files written with --shard K/N, or a "
                       "folder of shard-K-of-N.h5 files (--shard auto --out DIR/)")
@@ -490,19 +494,58 @@ def _show_warning(message, category, filename, lineno, file=None, line=None):
         _default_showwarning(message, category, filename, lineno, file, line)
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    import matplotlib
-    from transformers.utils import logging as hf_logging
+class _Stopped(BaseException):
+    """SIGINT or SIGTERM outside a capture's write loop (nothing half-written to stop)."""
 
-    matplotlib.use("Agg")  # the CLI only writes figures to files; the library never picks a backend
-    hf_logging.disable_progress_bar()
-    warnings.showwarning = _show_warning
+    def __init__(self, signum: int):
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _on_signal(signum, frame) -> None:
+    """While a capture writes, ask it to stop at the next batch boundary (the batch being
+    written is committed, the file stays resumable); otherwise stop right away."""
+    runner = sys.modules.get("probe.runner")  # not imported: no capture is running
+    if runner is None or not runner.request_stop(signum):
+        raise _Stopped(signum)
+
+
+def _install_signal_handlers() -> dict:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    previous = {}
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        previous[signum] = signal.signal(signum, _on_signal)
+    return previous
+
+
+def main(argv=None) -> int:
+    import signal
+
+    args = build_parser().parse_args(argv)
+    previous = _install_signal_handlers()
     try:
+        import matplotlib
+        from transformers.utils import logging as hf_logging
+
+        matplotlib.use("Agg")  # the CLI only writes figures to files; the library never picks a backend
+        hf_logging.disable_progress_bar()
+        warnings.showwarning = _show_warning
         return args.func(args)
     except ProbeError as err:
         print(f"probe: error: {err}", file=sys.stderr)
-        return 2
+        signum = getattr(err, "signum", None)  # runner.Interrupted: 130 for SIGINT, 143 for SIGTERM
+        return 128 + int(signum) if signum else 2
+    except (_Stopped, KeyboardInterrupt) as err:
+        signum = getattr(err, "signum", signal.SIGINT)
+        print("probe: error: interrupted", file=sys.stderr)
+        return 128 + signum
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 if __name__ == "__main__":

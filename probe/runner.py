@@ -25,12 +25,39 @@ import torch
 from . import names
 from .errors import InputError, ProbeError, ProbeWarning
 from .inputs import batches_by_length, encode, max_length_of
-from .store import (RunWriter, _attr, check_dtype, check_schema, compression_args, open_file,
-                    open_run, utc_now)
+from .store import (RunWriter, WriteFailedError, _attr, _committed_on_disk, check_dtype,
+                    check_schema, compression_args, open_file, open_run, utc_now, write_failed)
 
 #: settings that must be equal to resume a run
 RESUME_MUST_MATCH = ("model", "model_fingerprint", "keys", "dtype", "compression", "truncate",
                      "batch_size", "window", "input_sha256", "n_examples", "shard")
+
+
+class Interrupted(ProbeError):
+    """A capture stopped on SIGINT or SIGTERM at a batch boundary; the file is resumable."""
+
+    def __init__(self, path, committed: int, signum: int):
+        super().__init__(f"interrupted; committed {committed} examples; rerun with --resume")
+        self.path, self.committed, self.signum = os.fspath(path), committed, signum
+
+
+#: graceful stop: while a capture writes, a signal handler (the CLI's) calls :func:`request_stop`
+#: and the capture stops before its next batch, so no signal lands inside an HDF5 write
+_STOP = {"active": 0, "signum": None}
+
+
+def request_stop(signum: int) -> bool:
+    """Ask a running :func:`capture_to_file` to stop at its next batch boundary. Returns False
+    when no capture is writing (the caller should then stop the program its own way)."""
+    if not _STOP["active"]:
+        return False
+    _STOP["signum"] = signum
+    return True
+
+
+def _check_stop(out, writer) -> None:
+    if _STOP["signum"] is not None:
+        raise Interrupted(out, writer.n_done, _STOP["signum"])
 
 
 def _windows(records, window):
@@ -247,6 +274,20 @@ def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: st
                 "n_examples": n_examples, "input": input_name or "<in-memory texts>",
                 "shard": f"{shard_k}/{shard_n}"}
 
+    _STOP["active"] += 1
+    try:
+        return _capture(probe, make_records, out, exists, settings, n_examples, stored,
+                        dtype=dtype, compression=compression, truncate=truncate, window=window,
+                        progress=progress, queue_batches=queue_batches, batch_size=batch_size,
+                        shard_k=shard_k, shard_n=shard_n)
+    finally:
+        _STOP["active"] -= 1
+        if not _STOP["active"]:
+            _STOP["signum"] = None
+
+
+def _capture(probe, make_records, out, exists, settings, n_examples, stored, *, dtype,
+             compression, truncate, window, progress, queue_batches, batch_size, shard_k, shard_n):
     if exists:
         with open_file(out) as f:
             check_schema(f, out)
@@ -276,6 +317,7 @@ def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: st
     background = _Writer(writer, queue_batches)
     background.start()
     max_len = max_length_of(probe.model, probe.tokenizer)
+    failure = None
     try:
         start = 0
         for number, chunk in enumerate(_windows(make_records(), window)):
@@ -292,6 +334,7 @@ def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: st
                 if state.any():
                     raise ProbeError(f"{out} holds part of a batch; the file was not written "
                                      "by this batch plan. Write to a new file")
+                _check_stop(out, writer)
                 background.reserve()
                 capture = probe._capture_ids([enc.ids[j] for j in rows])
                 batch_rows = []
@@ -309,12 +352,32 @@ def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: st
             start += n_chunk
         background.stop()
         writer.finish()
+    except Interrupted:
+        _drain(background)  # batches already captured are committed
+        raise Interrupted(out, writer.n_done, _STOP["signum"]) from None
+    except WriteFailedError as err:
+        failure = err
     finally:
-        if background.is_alive():
-            background.stop()
-        writer.close()
+        _drain(background)
+        try:
+            writer.close()
+        except WriteFailedError as err:
+            failure = failure or err
         bar.close()
+    if failure is not None:  # read back what the file holds now that it is closed
+        committed = _committed_on_disk(out)
+        raise write_failed(failure.cause, out,
+                           failure.committed if committed is None else committed) from None
     return open_run(out)
+
+
+def _drain(background) -> None:
+    """Let the writer thread write what is queued, then stop it (errors are kept on it)."""
+    if background.is_alive():
+        try:
+            background.stop()
+        except BaseException:
+            pass
 
 
 def probe_fingerprint(probe) -> str:

@@ -29,11 +29,16 @@ any point still opens, with every committed batch intact.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import errno
 import glob
 import hashlib
 import json
 import os
+import sys
+import time
+import traceback
 import uuid
 from collections.abc import Sequence
 
@@ -44,7 +49,7 @@ from . import names
 from .attention import value_weighted
 from .captures import Capture, CapturedBatch, Example, KeyedSequence
 from .errors import InputError, ProbeError
-from .lock import WriterLock, locked_error
+from .lock import WriterLock, lock_path, locked_error
 
 SCHEMA = "probe.run"
 SCHEMA_VERSION = 1
@@ -67,6 +72,123 @@ class UnsafeRunError(SchemaError):
 
 class ShardError(ProbeError):
     """A combined run's shard files are missing or are not the ones it was combined from."""
+
+
+class CorruptRunError(SchemaError):
+    """Stored data fails its checksum or the index contradicts itself (a damaged file)."""
+
+
+class WriteFailedError(ProbeError):
+    """The operating system refused a write to a run file; ``committed`` rows are safe on disk."""
+
+    def __init__(self, message: str, path: str, committed: int | None, cause=None):
+        super().__init__(message)
+        self.path, self.committed, self.cause = path, committed, cause
+
+
+class DiskFullError(WriteFailedError):
+    """The disk (or quota) filled up while writing a run."""
+
+
+def is_disk_full(err: BaseException) -> bool:
+    """Whether an error from h5py or the OS means 'no space left' (ENOSPC, EDQUOT). HDF5 folds
+    the OS error into its message (``file write failed: ... errno = 28``), so both are read."""
+    if getattr(err, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+        return True
+    text = str(err)
+    return any(s in text for s in ("No space left", "Disk quota exceeded", "errno = 28",
+                                   f"errno = {errno.EDQUOT}"))
+
+
+def is_write_failure(err: BaseException) -> bool:
+    """An OS-level write failure reported by h5py (disk full, I/O error): the file handle can
+    no longer be flushed, so it must be detached (:func:`_detach`) before it is closed."""
+    return isinstance(err, (OSError, RuntimeError)) and (
+        is_disk_full(err) or "file write failed" in str(err) or "write request failed" in str(err))
+
+
+def write_failed(err: BaseException, path, committed: int | None, *, removed: bool = False,
+                 resume_hint: bool = True):
+    """The project error for a failed write of ``path``: one line, no HDF5 error stack.
+    ``removed``: the partial output was deleted (nothing to resume)."""
+    if removed:
+        done = "nothing was written (the partial file was removed)"
+    elif committed is None:
+        done = "the committed examples are kept"
+    else:
+        done = f"committed {committed} examples"
+    again = "rerun with --resume" if resume_hint else "run the command again"
+    if is_disk_full(err):
+        return DiskFullError(f"disk full while writing {path}; {done}; free space and {again}",
+                             os.fspath(path), committed, err)
+    reason = getattr(err, "strerror", None) or str(err).split("(")[0].strip() or type(err).__name__
+    return WriteFailedError(f"write failed while writing {path} ({reason}); {done}; fix the "
+                            f"disk and {again}", os.fspath(path), committed, err)
+
+
+def _detach(f: h5py.File) -> None:
+    """Point HDF5's file descriptor at an anonymous in-memory file, so that closing a file whose
+    writes fail (disk full) neither raises nor crashes.
+
+    Measured here (h5py 3.16, HDF5 2.0): after a write fails with ENOSPC, every later flush
+    fails too; ``close`` then raises, h5py's deallocators print a traceback per object, and the
+    interpreter segfaults at exit while HDF5 retries the flush. With the descriptor swapped,
+    what HDF5 still writes goes to memory and is dropped; the file on disk stays exactly as
+    the failed write left it: consistent (SWMR writes metadata in dependency order), every
+    committed row intact, ready for ``--resume``.
+    """
+    try:
+        fd = f.id.get_vfd_handle()
+    except Exception:  # not the sec2 driver, or already closed: nothing to swap
+        return
+    if not isinstance(fd, int) or fd < 0:
+        return
+    try:
+        sink = os.memfd_create("probe-discard") if hasattr(os, "memfd_create") else \
+            os.open(os.devnull, os.O_RDWR)
+    except OSError:
+        sink = os.open(os.devnull, os.O_RDWR)
+    try:
+        os.dup2(sink, fd)
+    finally:
+        os.close(sink)
+
+
+@contextlib.contextmanager
+def _quiet_failed_closes():
+    """Silence h5py's 'Exception ignored in ObjectID.__dealloc__' for write failures.
+
+    When a write fails inside h5py's own (Cython) code, e.g. ``create_dataset(data=...)``
+    on a full disk, h5py drops the objects it made before the error reaches us, and their
+    close (which flushes) fails and is printed as a traceback. Only those are swallowed; any
+    other unraisable error goes to the previous hook."""
+    previous, previous_except = sys.unraisablehook, sys.excepthook
+
+    def hook(unraisable):
+        if not (is_write_failure(unraisable.exc_value)
+                and "dealloc" in str(getattr(unraisable, "err_msg", "") or "") + repr(unraisable.object)):
+            previous(unraisable)
+
+    def excepthook(kind, value, tb):  # Cython prints the full traceback through this first
+        if not (is_write_failure(value) and "_dealloc" in repr(traceback.extract_tb(tb))):
+            previous_except(kind, value, tb)
+
+    sys.unraisablehook, sys.excepthook = hook, excepthook
+    try:
+        yield
+    finally:
+        sys.unraisablehook, sys.excepthook = previous, previous_except
+
+
+def _close_after_failure(f: h5py.File) -> None:
+    """Close ``f`` after a failed write: detach it, then close, never raising."""
+    if not f.id.valid:
+        return
+    _detach(f)
+    try:
+        f.close()
+    except Exception:
+        pass
 
 
 def dataset_path(key: str) -> str:
@@ -248,7 +370,13 @@ def _outside_refs(f: h5py.File, path: str, *, allow_virtual: bool) -> dict[str, 
                                       f"folder {real_folder}")
                     sources[src] = real
 
-    walk(f, "")
+    try:
+        walk(f, "")
+    finally:
+        # close the walked objects now: `walk` is a closure cycle, so `seen` would keep every
+        # dataset open until the garbage collector runs, and refreshing a dataset (SWMR) while
+        # a second handle of it is open makes HDF5 2.0 read later chunks from chunk 0
+        seen.clear()
     return sources
 
 
@@ -329,9 +457,11 @@ class RunWriter:
     keep it consistent on disk, so after a crash every row below ``n_done`` is intact.
     """
 
-    def __init__(self, f: h5py.File, dtype: str, lock: WriterLock | None = None):
+    def __init__(self, f: h5py.File, dtype: str, lock: WriterLock | None = None, path=None):
         self.f = f
+        self.path = os.fspath(path) if path is not None else f.filename  # the run's final name
         self.lock = lock  # held from creation or reopening until close()
+        self.failed: BaseException | None = None  # a write the OS refused; see _fail
         self.dtype = DTYPES[dtype]
         self._buffer: np.ndarray | None = None  # packing buffer, reused (see _scratch)
         self._load_cursor()
@@ -355,15 +485,26 @@ class RunWriter:
         4 Ki and 256 Ki elements, so small runs stay small and large ones read fast.
         """
         check_dtype(dtype)
+        with _quiet_failed_closes():
+            return cls._create(path, attrs, key_specs, dtype=dtype, compression=compression,
+                               n_examples=n_examples)
+
+    @classmethod
+    def _create(cls, path, attrs: dict, key_specs: dict, *, dtype: str, compression: str | None,
+                n_examples: int):
         comp = compression_args(compression)
         # built under a temporary name and linked into place once in SWMR mode, so a crash
         # during creation never leaves a half-made run at `path`
         final, path = os.fspath(path), f"{os.fspath(path)}.creating-{os.getpid()}"
-        lock = WriterLock(final).acquire()
+        lock = _acquire_lock(final, committed=0)
         try:
             f = h5py.File(path, "w-", libver="latest")
-        except BaseException:
+        except BaseException as err:
             lock.release()
+            if os.path.exists(path):
+                os.unlink(path)
+            if is_write_failure(err):
+                raise write_failed(err, final, 0) from None
             raise
         try:
             for k, v in attrs.items():
@@ -373,17 +514,19 @@ class RunWriter:
             f.attrs["schema_version"] = SCHEMA_VERSION
             f.create_dataset("state/n_done", data=np.zeros(1, np.int64))
             f.create_dataset("state/complete", data=np.zeros(1, np.int8))
+            # every data dataset carries HDF5's fletcher32 checksum per chunk: a damaged chunk
+            # fails its read (and `probe verify`) instead of returning wrong numbers
             for name in INDEX_FIELDS:
                 f.create_dataset(f"index/{name}", shape=(0,), maxshape=(None,),
                                  dtype=np.int32 if name == "n_tokens" else np.int64,
-                                 chunks=(1 << 11,))
+                                 chunks=(1 << 11,), fletcher32=True)
             for name in BYTE_STREAMS:
                 f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=np.uint8,
-                                 chunks=(1 << 13,))
+                                 chunks=(1 << 13,), fletcher32=True)
             f.create_dataset("tokens/input_ids", shape=(0,), maxshape=(None,), dtype=np.int32,
-                             chunks=(1 << 12,))
+                             chunks=(1 << 12,), fletcher32=True)
             f.create_dataset("tokens/end", shape=(0,), maxshape=(None,), dtype=np.int64,
-                             chunks=(1 << 12,))
+                             chunks=(1 << 12,), fletcher32=True)
             for key, sizes in key_specs.items():
                 _, component = names.parse_key(key)
                 per_unit = int(np.prod([s for s in sizes if s]))
@@ -391,37 +534,49 @@ class RunWriter:
                 chunk = 1 << int(np.ceil(np.log2(max(n_examples * per_example / 64, 1))))
                 chunk = int(np.clip(chunk, MIN_CHUNK_ELEMENTS, CHUNK_ELEMENTS))
                 ds = f.create_dataset(dataset_path(key), shape=(0,), maxshape=(None,),
-                                      dtype=DTYPES[dtype], chunks=(chunk,), **comp)
+                                      dtype=DTYPES[dtype], chunks=(chunk,), fletcher32=True,
+                                      **comp)
                 _write_layout(ds, component, sizes, per_unit)
             f.flush()
             f.swmr_mode = True
             _publish(path, final)
-        except BaseException:
-            f.close()
+        except BaseException as err:
+            failure = is_write_failure(err)
+            if failure:
+                _close_after_failure(f)
+            elif f.id.valid:
+                f.close()
             if os.path.exists(path):
                 os.unlink(path)
             lock.release()
+            if failure:
+                raise write_failed(err, final, 0) from None
             raise
-        return cls(f, dtype, lock)
+        return cls(f, dtype, lock, path=final)
 
     @classmethod
     def reopen(cls, path, *, dtype: str):
         """Reopen an unfinished run for appending; rows past the last commit are dropped."""
-        lock = WriterLock(path).acquire()  # before anything touches the file (flags, rows)
+        lock = _acquire_lock(path, committed=None)  # before anything touches the file
         f = None
         try:
             f = open_file(path, writable=True)
             check_schema(f, path)
             check_contents(f, path)
-            writer = cls(f, dtype, lock)
+            writer = cls(f, dtype, lock, path=path)
             writer._truncate_to_commit()
             f.flush()
             if not f.swmr_mode:
                 f.swmr_mode = True
-        except BaseException:
-            if f is not None and f.id.valid:
+        except BaseException as err:
+            failure = is_write_failure(err)
+            if f is not None and failure:
+                _close_after_failure(f)
+            elif f is not None and f.id.valid:
                 f.close()
             lock.release()
+            if failure:
+                raise write_failed(err, path, _committed_on_disk(path)) from None
             raise
         return writer
 
@@ -460,6 +615,17 @@ class RunWriter:
         batch, each key is packed with one copy into a buffer this writer reuses for every key
         and batch, and that buffer is what HDF5 writes from: no per-batch allocation, one copy.
         """
+        if self.failed is not None:
+            raise ProbeError(f"{self.path}: an earlier write failed; close this writer and "
+                             "resume the run")
+        try:
+            self._append(rows, packed)
+        except (OSError, RuntimeError) as err:
+            if not is_write_failure(err):
+                raise
+            raise self._fail(err) from None
+
+    def _append(self, rows: list[dict], packed) -> None:
         f, D = self.f, self._ds
         n = np.array([len(r["tokens"]) for r in rows], np.int64)
         token_start = self.token_cursor + np.concatenate([[0], np.cumsum(n)[:-1]])
@@ -497,10 +663,10 @@ class RunWriter:
             ds = D[f"index/{name}"]
             _append(ds, np.asarray(index[name], dtype=ds.dtype))
         f.flush()
-        # commit: only now does the batch count
-        self.n_done += len(rows)
-        D["state/n_done"][0] = self.n_done
+        # commit: only now does the batch count (the counter moves once the commit is on disk)
+        D["state/n_done"][0] = self.n_done + len(rows)
         f.flush()
+        self.n_done += len(rows)
         self.token_cursor += int(n.sum())
         self.square_cursor += int((n * n).sum())
         self.byte_cursor["examples/text"] += sum(len(t) for t in texts)
@@ -515,17 +681,64 @@ class RunWriter:
             buf = self._buffer = np.empty(max(size, grown), self.dtype)
         return buf
 
+    def _fail(self, err: BaseException) -> WriteFailedError:
+        """Remember a write the OS refused, detach the file (see :func:`_detach`) and return
+        the error to raise. The row count on disk is read back after close (a failed commit
+        flush may or may not have landed)."""
+        self.failed = err
+        _detach(self.f)
+        return write_failed(err, self.path, self.n_done)
+
     def finish(self) -> None:
-        self.f["state/complete"][0] = 1
-        self.f.flush()
+        try:
+            self.f["state/complete"][0] = 1
+            self.f.flush()
+        except (OSError, RuntimeError) as err:
+            if not is_write_failure(err):
+                raise
+            raise self._fail(err) from None
 
     def close(self) -> None:
         try:
-            if self.f.id.valid:
-                self.f.close()
+            if self.failed is not None:
+                _close_after_failure(self.f)
+            elif self.f.id.valid:
+                try:
+                    self.f.close()
+                except (OSError, RuntimeError) as err:  # the closing flush hit a full disk
+                    if not is_write_failure(err):
+                        raise
+                    self._fail(err)
+                    _close_after_failure(self.f)
+                    raise write_failed(err, self.path, _committed_on_disk(self.path)) from None
         finally:
             if self.lock is not None:
                 self.lock.release()
+
+
+def _acquire_lock(path, committed: int | None, **hint) -> WriterLock:
+    """The run's writer lock; a full disk while writing the lock file is a disk-full error
+    (lock.py raises the OS error after it holds the lock: the lock file is ours to remove)."""
+    try:
+        return WriterLock(path).acquire()
+    except OSError as err:
+        if not is_disk_full(err):
+            raise
+        try:
+            os.unlink(lock_path(path))
+        except OSError:
+            pass
+        raise write_failed(err, path, committed if committed is not None
+                           else _committed_on_disk(path), **hint) from None
+
+
+def _committed_on_disk(path) -> int | None:
+    """``/state/n_done`` of the run at ``path`` as it is on disk (None when unreadable)."""
+    try:
+        with open_file(path) as f:
+            return int(f["state/n_done"][0])
+    except Exception:
+        return None
 
 
 def _attr_value(value):
@@ -595,13 +808,62 @@ class Run(KeyedSequence):
 
     def _load_index(self):
         f = self.f
+        for name in REQUIRED:
+            if not isinstance(f.get(name), h5py.Dataset):
+                raise CorruptRunError(f"{self.path} has no dataset /{name}; the file is damaged "
+                                      "or not written by probe (`probe verify` lists what is wrong)")
+        missing = [key for key in self.attrs.get("stored_keys") or []
+                   if not isinstance(f.get(dataset_path(key)), h5py.Dataset)]
+        if missing:
+            raise CorruptRunError(f"{self.path} lists {missing[0]} in stored_keys but has no "
+                                  f"dataset /{dataset_path(missing[0])}; the file is damaged")
+        for attempt in range(20):
+            try:
+                return self._read_index()
+            except CorruptRunError:
+                if not f.swmr_mode or attempt == 19:
+                    raise
+                time.sleep(0.05)  # a live writer between its steps: look again
+
+    def _read_index(self):
+        f = self.f
+        live = [dataset_path(k) for k in _stored_keys(f)] + [n for n in REQUIRED if n[:6] != "state/"]
+        if f.swmr_mode:  # a live run: the commit counter first, then the lengths it points into
+            # (the writer grows every dataset before it commits, so lengths read after the
+            # counter cover it). Through the one cached handle per dataset: refreshing a second
+            # handle of a dataset whose chunks were read makes HDF5 2.0 return chunk 0's bytes
+            # for later chunks (measured here on a filtered, extensible dataset)
+            self._dataset("state/n_done")[0].refresh()
+            self._dataset("state/complete")[0].refresh()
+        n_done = int(self._read_all("state/n_done")[0])
+        complete = bool(self._read_all("state/complete")[0])
         if f.swmr_mode:
-            for ds in [f["state/n_done"], f["state/complete"], *[f[f"index/{n}"] for n in INDEX_FIELDS]]:
-                ds.refresh()
-        self.n_done = int(f["state/n_done"][0])
-        self.complete = bool(f["state/complete"][0])
-        self.index = {name: f[f"index/{name}"][: self.n_done] for name in INDEX_FIELDS}
+            for name in live:
+                self._dataset(name)[0].refresh()
+        rows = min(self._dataset(f"index/{name}")[0].shape[0] for name in INDEX_FIELDS)
+        if not 0 <= n_done <= rows:
+            raise CorruptRunError(f"{self.path}: /state/n_done is {n_done}, outside 0..{rows} (the "
+                                  f"index holds {rows} rows); the file is damaged")
+        index = {name: self._read(f"index/{name}", 0, n_done) for name in INDEX_FIELDS}
+        problem = index_problem(index, self._sizes())
+        if problem:
+            raise CorruptRunError(f"{self.path}: the index is inconsistent ({problem}); the file "
+                                  "is damaged (`probe verify` lists what is wrong)")
+        self.n_done, self.complete, self.index = n_done, complete, index
         self._order = np.argsort(self.index["example"], kind="stable")
+
+    def _sizes(self) -> dict:
+        """Lengths of the streams the index points into, in their own units."""
+        f = self.f
+        sizes = {name: self._dataset(name)[0].shape[0]
+                 for name in (*BYTE_STREAMS, "tokens/input_ids", "tokens/end")}
+        for key in _stored_keys(f):
+            ds, unit, per_unit, _ = self._dataset(dataset_path(key))
+            sizes[(unit, key)] = ds.shape[0] // max(per_unit, 1)
+        return sizes
+
+    def _read_all(self, name):
+        return self._read(name, 0, self._dataset(name)[0].shape[0])
 
     def refresh(self) -> None:
         """Re-read the commit state (for a run still being written)."""
@@ -630,32 +892,44 @@ class Run(KeyedSequence):
             self._handles[name] = entry
         return entry
 
-    def _read(self, name, start, stop):
-        """``ds[start:stop]`` through h5py's low-level read (a fifth of the Python cost)."""
+    def _read(self, name, start, stop, example=None):
+        """``ds[start:stop]`` through h5py's low-level read (a fifth of the Python cost); a
+        chunk that fails its checksum (or any read error) is a :class:`CorruptRunError`
+        naming the file, dataset and example."""
         ds = self._dataset(name)[0]
         count = int(stop) - int(start)
         out = np.empty(count, dtype=ds.dtype)
         if count:
-            file_space = ds.id.get_space()
-            file_space.select_hyperslab((int(start),), (count,))
-            ds.id.read(h5py.h5s.create_simple((count,)), file_space, out)
+            try:
+                file_space = ds.id.get_space()
+                file_space.select_hyperslab((int(start),), (count,))
+                ds.id.read(h5py.h5s.create_simple((count,)), file_space, out)
+            except (OSError, ValueError, RuntimeError) as err:
+                raise damaged_read(self.path, name, start, stop, err, example) from None
         return out
 
     def _example(self, row: int) -> Example:
         ix = {name: int(self.index[name][row]) for name in INDEX_FIELDS}
         n = ix["n_tokens"]
         t0 = ix["token_start"]
-        ends = self._read("tokens/end", max(t0 - 1, 0), t0 + n)
+        where = ix["example"]
+        ends = self._read("tokens/end", max(t0 - 1, 0), t0 + n, where)
         if t0 == 0:
             ends = np.concatenate([[0], ends])
-        raw = self._read("tokens/text", int(ends[0]), int(ends[-1])).tobytes()
+        if np.any(np.diff(ends) < 0) or ends[0] < 0 or ends[-1] > self._dataset("tokens/text")[0].shape[0]:
+            raise CorruptRunError(f"{self.path}: /tokens/end of example {where} is not an "
+                                  "increasing range inside /tokens/text; the file is damaged")
+        raw = self._read("tokens/text", int(ends[0]), int(ends[-1]), where).tobytes()
         local = ends - ends[0]
-        tokens = [raw[local[j]:local[j + 1]].decode("utf-8") for j in range(n)]
-        text = self._read("examples/text", ix["text_start"],
-                          ix["text_start"] + ix["text_len"]).tobytes().decode("utf-8")
-        meta = json.loads(self._read("examples/meta", ix["meta_start"],
-                                     ix["meta_start"] + ix["meta_len"]).tobytes().decode("utf-8"))
-        input_ids = self._read("tokens/input_ids", t0, t0 + n)
+        try:
+            tokens = [raw[local[j]:local[j + 1]].decode("utf-8") for j in range(n)]
+            text = self._read("examples/text", ix["text_start"], ix["text_start"] + ix["text_len"],
+                              where).tobytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise CorruptRunError(f"{self.path}: the text or tokens of example {where} are not "
+                                  f"valid UTF-8 ({err.reason}); the file is damaged") from None
+        meta = self._meta(ix["meta_start"], ix["meta_len"], where)
+        input_ids = self._read("tokens/input_ids", t0, t0 + n, where)
         starts = {"token": t0, "square": ix["square_start"]}
 
         def get(key):
@@ -663,7 +937,7 @@ class Run(KeyedSequence):
             _, unit, per_unit, sizes = self._dataset(name)
             units = n if unit == "token" else n * n
             start = starts[unit] * per_unit
-            flat = self._read(name, start, start + units * per_unit)
+            flat = self._read(name, start, start + units * per_unit, where)
             return flat.reshape([s if s else n for s in sizes]).astype(np.float32, copy=False)
 
         return Example(tokens, self.keys, get, text=text, input_ids=input_ids, meta=meta,
@@ -676,7 +950,12 @@ class Run(KeyedSequence):
             return []
         start, length = self.index["meta_start"], self.index["meta_len"]
         raw = self._read("examples/meta", 0, int(start[-1] + length[-1])).tobytes()
-        return [json.loads(raw[start[r]:start[r] + length[r]].decode("utf-8")) for r in self._order]
+        return [decode_meta(raw[start[r]:start[r] + length[r]], self.path,
+                            int(self.index["example"][r])) for r in self._order]
+
+    def _meta(self, start: int, length: int, example) -> dict:
+        return decode_meta(self._read("examples/meta", start, start + length, example).tobytes(),
+                           self.path, example)
 
     def select(self, *, layers=None, components=None) -> Capture:
         """A lazy view with only the given layers and components (as ``Capture.select``)."""
@@ -711,6 +990,78 @@ class _LazyExamples(Sequence):
         if isinstance(i, slice):
             return [self.run[j] for j in range(*i.indices(len(self)))]
         return self.run[i]
+
+
+#: datasets every run has (tensors are listed by the file's ``stored_keys``)
+REQUIRED = ("state/n_done", "state/complete", *[f"index/{n}" for n in INDEX_FIELDS],
+            *BYTE_STREAMS, "tokens/input_ids", "tokens/end")
+
+
+def decode_meta(raw: bytes, path, example) -> dict:
+    """One example's metadata (a UTF-8 JSON object), or a :class:`CorruptRunError`."""
+    try:
+        meta = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise CorruptRunError(f"{path}: the metadata of example {example} is not UTF-8 JSON "
+                              f"({err}); the file is damaged") from None
+    if not isinstance(meta, dict):
+        raise CorruptRunError(f"{path}: the metadata of example {example} is "
+                              f"{type(meta).__name__}, not a JSON object; the file is damaged")
+    return meta
+
+
+def damaged_read(path, name, start, stop, err, example=None) -> CorruptRunError:
+    """The error for a read that HDF5 refused (a chunk failing its fletcher32 checksum, or a
+    damaged chunk index)."""
+    key = f" (key {names.key(*_key_of(name))})" if name.startswith("blocks/") else ""
+    what = f"example {example}" if example is not None else f"elements {start}..{stop}"
+    reason = str(err).split("(")[0].strip() or type(err).__name__
+    if "filter" in str(err) or "checksum" in str(err).lower():
+        reason = "a chunk fails its checksum"
+    return CorruptRunError(f"{path}: cannot read /{name}{key} for {what}: {reason}; the file is "
+                           "damaged on disk. `probe verify` lists every damaged chunk; recapture "
+                           "the affected examples into a new run")
+
+
+def _key_of(name: str) -> tuple[int, str]:
+    _, layer, _, component = name.split("/")
+    return int(layer), component
+
+
+def index_problem(index: dict, sizes: dict, *, first: dict | None = None) -> str | None:
+    """What is wrong with committed index rows (None when nothing): every offset must follow
+    from the previous row (the streams are concatenations) and stay within its stream.
+    ``first``: the offsets the first of these rows must start at (0 for a whole run)."""
+    n = index["n_tokens"].astype(np.int64)
+    if not len(n):
+        return None
+    first = first or dict.fromkeys(("token_start", "square_start", "text_start", "meta_start"), 0)
+    if n.min() < 1:
+        return f"a row has {n.min()} tokens"
+    for name in ("example", "text_len", "meta_len"):
+        if index[name].min() < 0:
+            return f"/index/{name} holds a negative value"
+    for start, step in (("token_start", n), ("square_start", n * n),
+                        ("text_start", index["text_len"]), ("meta_start", index["meta_len"])):
+        expected = first[start] + np.concatenate([[0], np.cumsum(step.astype(np.int64))[:-1]])
+        bad = np.flatnonzero(index[start].astype(np.int64) != expected)
+        if len(bad):
+            return (f"/index/{start} of row {bad[0]} is {index[start][bad[0]]}, expected "
+                    f"{expected[bad[0]]}")
+    tokens = int(index["token_start"][-1] + n[-1])
+    squares = int(index["square_start"][-1] + n[-1] ** 2)
+    ends = {"examples/text": int(index["text_start"][-1] + index["text_len"][-1]),
+            "examples/meta": int(index["meta_start"][-1] + index["meta_len"][-1]),
+            "tokens/input_ids": tokens, "tokens/end": tokens}
+    for name, end in ends.items():
+        if name in sizes and end > sizes[name]:
+            return f"the rows reach element {end} of /{name}, which holds {sizes[name]}"
+    for key, size in sizes.items():
+        if isinstance(key, tuple):
+            end = tokens if key[0] == "token" else squares
+            if end > size:
+                return f"the rows reach {key[0]} {end} of {key[1]}, which holds {size}"
+    return None
 
 
 def _attr(value):
@@ -788,69 +1139,118 @@ def combine(shards, out, *, allow_incomplete: bool = False) -> None:
             raise InputError(f"{p['path']} is not in the folder of {out} ({real_base}); the "
                              "combined file reads its tensors from its shards, which must lie in "
                              "its folder: write --out beside the shards")
+    _check_free_space(out, _combined_bytes(parts))
     tmp = f"{out}.creating-{os.getpid()}"
-    with WriterLock(out):
+    lock = _acquire_lock(out, committed=0, removed=True, resume_hint=False)
+    try:
         try:
             _write_combined(tmp, parts, first, unfinished, n_total, base)
-        except BaseException:
+            _publish(tmp, out)
+        except BaseException as err:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+            if is_write_failure(err):
+                raise write_failed(err, out, None, removed=True, resume_hint=False) from None
             raise
-        _publish(tmp, out)
+    finally:
+        lock.release()
+
+
+def _combined_bytes(parts) -> int:
+    """About what a combined file of ``parts`` takes on disk: its index, token and text
+    streams (copied), a margin for checksums and metadata, and the virtual-dataset maps."""
+    rows = sum(p["n"] for p in parts)
+    tokens = sum(p["extent"]["token"] for p in parts)
+    text = sum(p["extent"][name] for p in parts for name in BYTE_STREAMS)
+    maps = 4096 * len(parts) * max(len(parts[0]["attrs"].get("stored_keys") or []), 1)
+    return int(1.1 * (rows * 60 + tokens * 12 + text)) + maps + (1 << 20)
+
+
+def _check_free_space(out, need: int) -> None:
+    """Refuse before writing when the disk cannot hold ``need`` bytes. A write that fails
+    inside h5py's own code (``create_dataset(data=...)``) leaves HDF5 in a state that crashed
+    the interpreter here (HDF5 2.0), so a write that can be sized is checked first."""
+    folder = os.path.dirname(os.path.abspath(out))
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return
+    free = stat.f_bavail * stat.f_frsize
+    if free < need:
+        err = OSError(errno.ENOSPC, "No space left on device")
+        raise write_failed(err, out, None, removed=True, resume_hint=False) from None
+
+
+def _create_checked(f, name, data) -> None:
+    """A chunked dataset with fletcher32 checksums holding ``data`` (1-D)."""
+    chunk = int(np.clip(data.shape[0], 1, 1 << 16))
+    f.create_dataset(name, data=data, maxshape=(None,), chunks=(chunk,), fletcher32=True)
 
 
 def _write_combined(tmp, parts, first, unfinished, n_total, base) -> None:
-    with h5py.File(tmp, "w-", libver="latest") as f:
-        for k, v in first["attrs"].items():
-            f.attrs[k] = _attr_value(v)
-        f.attrs["shard"] = "combined"
-        rels = [os.path.relpath(os.path.abspath(p["path"]), base) for p in parts]
-        f.attrs["shards"] = _attr_value(rels)
-        # checked at every open: the shards beside the file must still be these
-        f.attrs["shard_ids"] = json.dumps({rel: p["identity"] for rel, p in zip(rels, parts)})
-        f.attrs["run_id"] = uuid.uuid4().hex
-        f.attrs["created"] = utc_now()
-        n_rows = sum(p["n"] for p in parts)
-        f.create_dataset("state/n_done", data=np.array([n_rows], np.int64))
-        complete = not unfinished and len(parts) == n_total
-        f.create_dataset("state/complete", data=np.array([int(complete)], np.int8))
-        shift = {"token": 0, "square": 0, "examples/text": 0, "examples/meta": 0, "tokens/text": 0}
-        index = {name: [] for name in INDEX_FIELDS}
-        streams = {name: [] for name in (*BYTE_STREAMS, "tokens/input_ids", "tokens/end")}
-        for p in parts:
-            ix = p["index"]
-            for name in INDEX_FIELDS:
-                values = ix[name].astype(np.int64)
-                offset = {"token_start": shift["token"], "square_start": shift["square"],
-                          "text_start": shift["examples/text"],
-                          "meta_start": shift["examples/meta"]}.get(name, 0)
-                index[name].append(values + offset)
-            with open_file(p["path"]) as g:
-                for name in BYTE_STREAMS:
-                    streams[name].append(g[name][: p["extent"][name]])
-                streams["tokens/input_ids"].append(g["tokens/input_ids"][: p["extent"]["token"]])
-                streams["tokens/end"].append(g["tokens/end"][: p["extent"]["token"]]
-                                             + shift["tokens/text"])
-            for name in shift:
-                shift[name] += p["extent"][name]
+    """Write the combined file at ``tmp`` (``combine`` links it into place); a write the OS
+    refuses detaches the file before closing it (see :func:`_detach`)."""
+    with _quiet_failed_closes():
+        f = h5py.File(tmp, "w-", libver="latest")
+        try:
+            _fill_combined(f, parts, first, unfinished, n_total, base)
+            f.close()
+        except BaseException:
+            _close_after_failure(f)
+            raise
+
+
+def _fill_combined(f, parts, first, unfinished, n_total, base) -> None:
+    for k, v in first["attrs"].items():
+        f.attrs[k] = _attr_value(v)
+    f.attrs["shard"] = "combined"
+    rels = [os.path.relpath(os.path.abspath(p["path"]), base) for p in parts]
+    f.attrs["shards"] = _attr_value(rels)
+    # checked at every open: the shards beside the file must still be these
+    f.attrs["shard_ids"] = json.dumps({rel: p["identity"] for rel, p in zip(rels, parts)})
+    f.attrs["run_id"] = uuid.uuid4().hex
+    f.attrs["created"] = utc_now()
+    n_rows = sum(p["n"] for p in parts)
+    f.create_dataset("state/n_done", data=np.array([n_rows], np.int64))
+    complete = not unfinished and len(parts) == n_total
+    f.create_dataset("state/complete", data=np.array([int(complete)], np.int8))
+    shift = {"token": 0, "square": 0, "examples/text": 0, "examples/meta": 0, "tokens/text": 0}
+    index = {name: [] for name in INDEX_FIELDS}
+    streams = {name: [] for name in (*BYTE_STREAMS, "tokens/input_ids", "tokens/end")}
+    for p in parts:
+        ix = p["index"]
         for name in INDEX_FIELDS:
-            f.create_dataset(f"index/{name}", data=np.concatenate(index[name]).astype(
-                np.int32 if name == "n_tokens" else np.int64))
-        for name, chunks in streams.items():
-            f.create_dataset(name, data=np.concatenate(chunks))
-        for key in first["attrs"]["stored_keys"]:
-            path = dataset_path(key)
-            sizes, unit, per_unit = first["layout"][key]
-            lengths = [p["extent"][unit] * per_unit for p in parts]
-            layout = h5py.VirtualLayout(shape=(sum(lengths),), dtype=DTYPES[first["attrs"]["dtype"]])
-            at = 0
-            for p, length in zip(parts, lengths):
-                if length:
-                    rel = os.path.relpath(os.path.abspath(p["path"]), base)
-                    layout[at:at + length] = h5py.VirtualSource(rel, path, shape=(p["full"][key],))[:length]
-                at += length
-            ds = f.create_virtual_dataset(path, layout, fillvalue=np.nan)
-            _write_layout(ds, names.parse_key(key)[1], sizes, per_unit)
+            values = ix[name].astype(np.int64)
+            offset = {"token_start": shift["token"], "square_start": shift["square"],
+                      "text_start": shift["examples/text"],
+                      "meta_start": shift["examples/meta"]}.get(name, 0)
+            index[name].append(values + offset)
+        with open_file(p["path"]) as g:
+            for name in BYTE_STREAMS:
+                streams[name].append(g[name][: p["extent"][name]])
+            streams["tokens/input_ids"].append(g["tokens/input_ids"][: p["extent"]["token"]])
+            streams["tokens/end"].append(g["tokens/end"][: p["extent"]["token"]]
+                                         + shift["tokens/text"])
+        for name in shift:
+            shift[name] += p["extent"][name]
+    for name in INDEX_FIELDS:
+        _create_checked(f, f"index/{name}", np.concatenate(index[name]).astype(
+            np.int32 if name == "n_tokens" else np.int64))
+    for name, chunks in streams.items():
+        _create_checked(f, name, np.concatenate(chunks))
+    for key in first["attrs"]["stored_keys"]:
+        path = dataset_path(key)
+        sizes, unit, per_unit = first["layout"][key]
+        lengths = [p["extent"][unit] * per_unit for p in parts]
+        layout = h5py.VirtualLayout(shape=(sum(lengths),), dtype=DTYPES[first["attrs"]["dtype"]])
+        at = 0
+        for p, length in zip(parts, lengths):
+            if length:
+                rel = os.path.relpath(os.path.abspath(p["path"]), base)
+                layout[at:at + length] = h5py.VirtualSource(rel, path, shape=(p["full"][key],))[:length]
+            at += length
+        ds = f.create_virtual_dataset(path, layout, fillvalue=np.nan)
+        _write_layout(ds, names.parse_key(key)[1], sizes, per_unit)
 
 
 def _shard_info(path: str) -> dict:
