@@ -477,6 +477,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_verify_parser(sub)
 
+    from .export import add_export_parser
+
+    add_export_parser(sub)
+
     comb = sub.add_parser("combine", help="join shard files of one run into a single run file")
     comb.add_argument("shards", nargs="+", help="shard files written with --shard K/N, or a "
                       "folder of shard-K-of-N.h5 files (--shard auto --out DIR/)")

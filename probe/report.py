@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics as M
+from .errors import InputError
 from .outputs import csv_rows, write_csv
 
 
@@ -44,9 +45,10 @@ class Means:
                     for n in self.sums}
 
 
-def write_report(capture, out_dir, *, group_by=(), window: int = 1) -> list[str]:
+def write_report(capture, out_dir, *, group_by=(), window: int = 1, fmt: str = "csv") -> list[str]:
     """Write the CSV tables of the module docstring for ``capture`` into ``out_dir``, in one
-    streaming pass over the examples (memory does not grow with their number).
+    streaming pass over the examples (memory does not grow with their number). ``fmt="parquet"``
+    writes the same tables as ``.parquet`` files at full precision (:mod:`probe.export`).
 
     >>> import tempfile
     >>> from probe.captures import Capture, CapturedBatch
@@ -58,14 +60,27 @@ def write_report(capture, out_dir, *, group_by=(), window: int = 1) -> list[str]
     ['example_metrics.csv', 'token_importance.csv', 'head_summary.csv', 'by_kind.csv']
     """
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if fmt not in ("csv", "parquet"):
+        raise InputError(f"table format must be csv or parquet, not {fmt!r}")
     layers = list(capture.layers)
     has_vw = any(k.endswith((".value_weighted", ".value_norm")) for k in capture.keys)
     methods = ("raw", "value_weighted", "rollout") if has_vw else ("raw", "rollout")
+    if fmt == "csv":
+        rows_to, table_to, ext = csv_rows, write_csv, ".csv"
+    elif fmt == "parquet":
+        from functools import partial
+
+        from .export import parquet_rows, pyarrow, write_parquet
+
+        pyarrow()  # a missing extra is an error before any work
+        numeric = (*M.PROFILE, *methods)
+        rows_to, table_to = partial(parquet_rows, numeric=numeric), partial(write_parquet, numeric=numeric)
+        ext = ".parquet"
+    out_dir.mkdir(parents=True, exist_ok=True)
     overall, groups = Means(), {field: {} for field in group_by}
-    files = [str(out_dir / "example_metrics.csv"), str(out_dir / "token_importance.csv")]
-    with csv_rows(files[0], ["example", "layer", "head", *group_by, "sink_token", *M.PROFILE]) as metric_row, \
-            csv_rows(files[1], ["example", "position", "token", *methods]) as token_row:
+    files = [str(out_dir / f"example_metrics{ext}"), str(out_dir / f"token_importance{ext}")]
+    with rows_to(files[0], ["example", "layer", "head", *group_by, "sink_token", *M.PROFILE]) as metric_row, \
+            rows_to(files[1], ["example", "position", "token", *methods]) as token_row:
         for ex in capture:
             values = M.example_metrics(ex, layers, window)
             overall.add(values)
@@ -83,8 +98,8 @@ def write_report(capture, out_dir, *, group_by=(), window: int = 1) -> list[str]
     profile = overall.profile()
     classes = M.classify_heads(profile)
     n_heads = classes.shape[1]
-    files.append(str(out_dir / "head_summary.csv"))
-    write_csv(files[-1], ({"layer": layer, "head": head, "class": classes[li, head],
+    files.append(str(out_dir / f"head_summary{ext}"))
+    table_to(files[-1], ({"layer": layer, "head": head, "class": classes[li, head],
                            **{n: profile[n][li, head] for n in M.PROFILE}}
                           for li, layer in enumerate(layers) for head in range(n_heads)),
               ["layer", "head", "class", *M.PROFILE])
@@ -96,6 +111,6 @@ def write_report(capture, out_dir, *, group_by=(), window: int = 1) -> list[str]
             rows += [{field: label, "n": means.n, "layer": layer, "head": head,
                       **{n: prof[n][li, head] for n in M.PROFILE}}
                      for li, layer in enumerate(layers) for head in range(n_heads)]
-        files.append(str(out_dir / f"by_{field}.csv"))
-        write_csv(files[-1], rows, [field, "n", "layer", "head", *M.PROFILE])
+        files.append(str(out_dir / f"by_{field}{ext}"))
+        table_to(files[-1], rows, [field, "n", "layer", "head", *M.PROFILE])
     return files
