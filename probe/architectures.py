@@ -111,7 +111,7 @@ ENCODER_DECODER_FAMILIES: tuple[Family, ...] = (
 
 #: model types proven by the test suite (others may still be detected)
 SUPPORTED_MODEL_TYPES: frozenset[str] = frozenset(t for f in FAMILIES for t in f.model_types)
-#: encoder-decoder model types proven by tests/test_encdec.py
+#: encoder-decoder model types proven by tests/unit/test_encdec.py
 ENCODER_DECODER_MODEL_TYPES: frozenset[str] = frozenset(
     t for f in ENCODER_DECODER_FAMILIES for t in f.model_types)
 

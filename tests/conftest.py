@@ -1,10 +1,17 @@
 """Shared fixtures: tiny randomly initialised models (one per supported family) and the
 bundled MiniLM. Tiny models use the bundled BERT tokenizer's vocabulary so that
-``AttentionProbe.run`` can tokenise real sentences for every architecture."""
+``AttentionProbe.run`` can tokenise real sentences for every architecture.
+
+The suite has three layers, one folder each: ``unit`` (pure functions and tiny in-memory
+models; the quick run, under a minute), ``integration`` (files, CLI subprocesses, crashes,
+sweeps) and ``acceptance`` (the real MiniLM end to end, calibration, README blocks, the
+browser). Tests under integration/ and acceptance/ get the ``slow`` marker here.
+"""
 
 from __future__ import annotations
 
 import functools
+from pathlib import Path
 
 import pytest
 import torch
@@ -167,3 +174,12 @@ def eager_reference(model, ids, mask):
     finally:
         model.set_attn_implementation(before)
     return out.last_hidden_state, out.attentions
+
+
+_SLOW_LAYERS = ("integration", "acceptance")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if Path(str(item.fspath)).parent.name in _SLOW_LAYERS:
+            item.add_marker(pytest.mark.slow)

@@ -117,7 +117,7 @@ def test_bundled_pairs_have_controls_clusters_and_no_duplicates():
 
     from probe.pairs import duplicates
 
-    data = Path(__file__).resolve().parent.parent / "data"
+    data = Path(__file__).resolve().parents[2] / "data"
     neg = load_pairs(data / "negation_pairs.jsonl")
     assert len(neg) >= 400
     kinds = Counter(p.kind for p in neg)

@@ -23,7 +23,7 @@ from probe.readers import records_from_texts
 from probe.runner import capture_to_file
 from probe.store import RunWriter, ShardError, UnsafeRunError, combine
 from probe.view import build_view
-from test_view import _hover, _open, browser  # noqa: F401  (the browser test's fixture)
+from browser import _hover, _open, browser  # noqa: F401  (the browser fixture)
 
 TEXTS = [f"Sentence {i} is {'not ' * (i % 2)}about {'many ' * (i % 3)}things." for i in range(12)]
 PATTERN = "blocks.0.attn.pattern"

@@ -10,7 +10,7 @@ import pytest
 from probe.cues import Control, Cue, build_control, detect_cue, token_char_spans, tokens_in_spans
 from probe.errors import InputError
 
-PAIRS = [json.loads(line) for line in open(Path(__file__).parent / "data/cue_pairs.jsonl") if line.strip()]
+PAIRS = [json.loads(line) for line in open(Path(__file__).resolve().parents[1] / "data/cue_pairs.jsonl") if line.strip()]
 NEGATION = {"syntactic", "affixal", "lexical", "contraction"}
 
 

@@ -25,7 +25,7 @@ from probe.stats import benjamini_hochberg, cluster_test
 from probe.study import STUDY_COMPONENTS, pair_tables, pair_texts, study_statistics
 
 ADVERBS = ("really", "also", "still", "surely")
-DATA = Path(__file__).resolve().parent.parent / "data" / "negation_pairs.jsonl"
+DATA = Path(__file__).resolve().parents[2] / "data" / "negation_pairs.jsonl"
 
 pytestmark = pytest.mark.slow
 

@@ -238,7 +238,7 @@ def test_readme_h5py_recipe_runs_verbatim(minilm, tmp_path, monkeypatch):
     import re
     from pathlib import Path
 
-    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
     block = readme.split("Reading example `row` with h5py alone:")[1]
     code = re.search(r"```python\n(.*?)```", block, re.S).group(1)
     model, tokenizer = minilm
