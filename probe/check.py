@@ -98,6 +98,10 @@ def check_model(model, tokenizer, sentences=SENTENCES) -> CheckReport:
     from .capture import AttentionProbe
     from .inputs import pad, pad_id_of
 
+    if getattr(getattr(model, "config", None), "is_encoder_decoder", False):
+        from .check_encdec import check_encoder_decoder
+
+        return check_encoder_decoder(model, tokenizer)
     dtype = next(model.parameters()).dtype
     device = next(model.parameters()).device
     probe = AttentionProbe(model, tokenizer, keys=names.COMPONENTS)  # sink too: zeros are checked
