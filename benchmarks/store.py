@@ -108,7 +108,7 @@ def overhead(directory: Path, n: int = 2000, rounds: int = 5, threads=(2, 1)) ->
         def capture_only():
             t0 = time.perf_counter()
             for rows in plan:  # the padded batch arrays, kept in memory until the next batch
-                p._capture_ids([enc.ids[i] for i in rows])
+                p.capture_ids([enc.ids[i] for i in rows])
             return time.perf_counter() - t0, 0.0, 0
 
         def capture_and_write(append, i=[0]):
@@ -118,7 +118,7 @@ def overhead(directory: Path, n: int = 2000, rounds: int = 5, threads=(2, 1)) ->
             RunWriter.append = append
             try:
                 t0 = time.perf_counter()
-                run = p.run(texts, out=path, dtype="float16")
+                run = p.run_to_file(texts, path, dtype="float16")
                 run.close()
                 seconds = time.perf_counter() - t0
             finally:
@@ -239,7 +239,7 @@ def sizes(directory: Path, n: int = 300) -> None:
                                 ("float32", "gzip-4"), ("float16", "gzip-4")):
                 path = directory / f"size-{dtype}-{comp}.h5"
                 t0 = time.perf_counter()
-                p.run(texts, out=path, dtype=dtype, compression=comp).close()
+                p.run_to_file(texts, path, dtype=dtype, compression=comp).close()
                 seconds = time.perf_counter() - t0
                 label = "all" if keys is None else ",".join(keys)
                 print(f"  {label:<17} {dtype:<8} {comp:<12} {path.stat().st_size / n / 1e3:10.1f}"

@@ -30,7 +30,6 @@ Captures live in memory only; writing encoder-decoder runs to HDF5 is not suppor
 from __future__ import annotations
 
 import inspect
-import threading
 
 import numpy as np
 import torch
@@ -38,24 +37,19 @@ import torch
 from . import names
 from .architectures import encoder_decoder_layers
 from .attention import additive_mask, masked_positions, repeat_kv, value_norms, value_weighted
-from .capture import _device_of, _no_cache, _spans, _to_numpy
+from .backends import REGISTRY
 from .captures import Capture, Example
 from .errors import InputError, ProbeError, UnsupportedModelError
-from .inputs import batches_by_length, encode, max_length_of, pad, pad_id_of
+from .inputs import batches_by_length, device_of, encode, max_length_of, no_cache, pad, pad_id_of
+from .recording import spans_of, to_numpy
 
 BACKEND = "probe_encdec"
-
-# id(attention module) -> (probe, stack, site, layer)
-_ACTIVE: dict[int, tuple] = {}
-_ATTACHED_MODELS: set[int] = set()
-_LOCK = threading.Lock()
-_backend_users = 0
 
 # keyword arguments that change the math in ways this backend does not model
 _UNSUPPORTED_KWARGS = ("softcap", "s_aux", "sinks", "sink_scale", "sliding_window")
 
 _NOT_STORED = ("writing encoder-decoder captures to an HDF5 run file is not supported yet; "
-               "call EncoderDecoderProbe.run() without out= and keep the in-memory Capture "
+               "EncoderDecoderProbe has no run_to_file: call run() and keep the in-memory Capture "
                "(probe capture --out cannot take an encoder-decoder either)")
 
 
@@ -88,7 +82,7 @@ def _encdec_attention(module, query, key, value, attention_mask, scaling=None, d
     if dropout and module.training:
         used = torch.nn.functional.dropout(pattern, p=dropout, training=True)
     z = torch.matmul(used, repeat_kv(value, n_heads))
-    entry = _ACTIVE.get(id(module))
+    entry = REGISTRY.entry(module)  # (probe, stack, site, layer)
     if entry is not None:
         probe, stack, site, layer = entry
         probe._record(stack, site, layer, query, key, value, scores, pattern, z, mask,
@@ -97,28 +91,7 @@ def _encdec_attention(module, query, key, value, attention_mask, scaling=None, d
     return z.transpose(1, 2).contiguous(), pattern
 
 
-def _use_backend():
-    global _backend_users
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, eager_mask
-
-    with _LOCK:
-        if _backend_users == 0:
-            AttentionInterface.register(BACKEND, _encdec_attention)
-            AttentionMaskInterface.register(BACKEND, eager_mask)
-        _backend_users += 1
-
-
-def _release_backend():
-    global _backend_users
-    from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface
-
-    with _LOCK:
-        _backend_users -= 1
-        if _backend_users == 0:
-            AttentionInterface._global_mapping.pop(BACKEND, None)
-            AttentionMaskInterface._global_mapping.pop(BACKEND, None)
+REGISTRY.define(BACKEND, _encdec_attention)
 
 
 def _arguments(module, args, kwargs) -> dict:
@@ -191,7 +164,7 @@ class EncoderDecoderProbe:
         self._handles = []
         self._attached = False
         self._original_impl = None
-        self._forward_options = _no_cache(model)
+        self._forward_options = no_cache(model)
 
     # ----------------------------------------------------------------- selection
     def _selection(self, layers, keys):
@@ -268,16 +241,12 @@ class EncoderDecoderProbe:
         """Register the backend and hooks (prefer ``with EncoderDecoderProbe(...)``)."""
         if self._attached:
             raise ProbeError("this probe is already attached")
-        if id(self.model) in _ATTACHED_MODELS:
-            raise ProbeError("another EncoderDecoderProbe is already attached to this model; "
-                             "leave its with-block first")
-        _use_backend()
-        _ATTACHED_MODELS.add(id(self.model))
+        REGISTRY.acquire(BACKEND, self.model, "an EncoderDecoderProbe")
         self._attached = True
         try:
             self._original_impl = self.model.config._attn_implementation
             for stack, site, layer in self._all_layers():
-                _ACTIVE[id(layer.module)] = (self, stack, site, layer)
+                REGISTRY.bind(layer.module, (self, stack, site, layer))
             self.model.set_attn_implementation(BACKEND)
             stuck = [layer.name for _, _, layer in self._all_layers()
                      if getattr(getattr(layer.module, "config", self.model.config),
@@ -310,17 +279,15 @@ class EncoderDecoderProbe:
                 handle.remove()
             self._handles.clear()
             for _, _, layer in self._all_layers():
-                if _ACTIVE.get(id(layer.module), (None,))[0] is self:
-                    del _ACTIVE[id(layer.module)]
+                REGISTRY.unbind(layer.module, owner=self)
             if (self._original_impl is not None
                     and self.model.config._attn_implementation != self._original_impl):
                 self.model.set_attn_implementation(self._original_impl)
         finally:
             self._pending.clear()
             self._call = {}
-            _ATTACHED_MODELS.discard(id(self.model))
             self._attached = False
-            _release_backend()
+            REGISTRY.release(BACKEND, self.model)
 
     # ----------------------------------------------------------------- recording
     def _before_forward(self, module, args, kwargs):
@@ -372,7 +339,7 @@ class EncoderDecoderProbe:
             raise UnsupportedModelError(
                 f"{', '.join(missing[:4])} were not seen by the probe's attention backend during "
                 f"this forward call{hint}")
-        arrays = {names.key(layer, c, stack=stack, site=site): _to_numpy(t)
+        arrays = {names.key(layer, c, stack=stack, site=site): to_numpy(t)
                   for (stack, site, layer), tensors in pending.items() for c, t in tensors.items()}
         batch = next(iter(arrays.values())).shape[0]
         stacks, masked, width = call.get("stacks", {}), call["masked"], call["width"]
@@ -381,7 +348,7 @@ class EncoderDecoderProbe:
         n_dec = (width.get(("decoder", "attn")) or width[("decoder", "cross_attn")])[0]
 
         def spans(mask, used, n):
-            return _spans(mask if used else None, batch, n)
+            return spans_of(mask if used else None, batch, n)
 
         enc_spans = spans(enc_in.get("attention_mask"), masked.get(("encoder", "attn")), n_enc)
         dec_spans = spans(dec_in.get("attention_mask"), masked.get(("decoder", "attn"), True),
@@ -540,7 +507,7 @@ class EncoderDecoderProbe:
         start token alone); its Capture.
         """
         self._require_attached()
-        device = _device_of(self.model)
+        device = device_of(self.model)
         inputs = {}
         if input_ids is not None:
             inputs["input_ids"], inputs["attention_mask"] = pad(
@@ -566,6 +533,8 @@ class EncoderDecoderProbe:
             self.model.train(was_training)
         return self.captures.pop()
 
-    def _capture_ids(self, rows):
-        """What probe's HDF5 writer calls; refused (see :data:`_NOT_STORED`)."""
+    def run_to_file(self, *args, **kwargs):
+        """Not available yet: encoder-decoder captures cannot be written to a run file
+        (:class:`~probe.errors.UnsupportedModelError`, as ``AttentionProbe.run_to_file``'s
+        counterpart)."""
         raise UnsupportedModelError(_NOT_STORED)

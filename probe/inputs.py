@@ -120,3 +120,20 @@ def pad_id_of(tokenizer) -> int:
         if value is not None:
             return int(value)
     return 0
+
+
+def device_of(model) -> torch.device:
+    """Where the model's first parameter lives (the CPU for a model without parameters)."""
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def no_cache(model) -> dict:
+    """``use_cache=False`` where the model's forward takes it (decoders): probe captures full
+    forward passes, never a key/value cache's partial ones."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return {"use_cache": False} if "use_cache" in params else {}

@@ -34,9 +34,9 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .capture import AttentionProbe, _device_of, _no_cache
+from .capture import AttentionProbe
 from .errors import InputError
-from .inputs import encode, max_length_of, pad, pad_id_of
+from .inputs import device_of, encode, max_length_of, no_cache, pad, pad_id_of
 from .patch_ops import Ops, block_modules, expand_hook, residual_hook
 
 COMPONENTS = ("z", "pattern", "value")
@@ -122,9 +122,9 @@ class Patcher:
         self.metric = metric
         self.min_gap = MIN_GAP[metric] if min_gap is None else float(min_gap)
         self.blocks = block_modules(model, self.layers)
-        self.device = _device_of(model)
+        self.device = device_of(model)
         self.special = set(getattr(tokenizer, "all_special_ids", []) or [])
-        self._options = dict(_no_cache(model))
+        self._options = dict(no_cache(model))
         if metric == "embedding" and has_head:
             self._options["output_hidden_states"] = True
         #: run the layers below a patched one once per pair (see :func:`probe.patch_ops.expand_hook`)

@@ -121,7 +121,7 @@ def provenance(probe) -> dict:
         "transformers_version": transformers.__version__,
         "torch_version": torch.__version__,
         "h5py_version": __import__("h5py").__version__,
-        "attn_implementation": str(probe._original_impl),
+        "attn_implementation": str(probe.original_attn_implementation),
         "capture_implementation": "probe eager (probe_capture backend)",
         "model_dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
         "created": utc_now(),
@@ -336,7 +336,7 @@ def _capture(probe, make_records, out, exists, settings, n_examples, stored, *, 
                                      "by this batch plan. Write to a new file")
                 _check_stop(out, writer)
                 background.reserve()
-                capture = probe._capture_ids([enc.ids[j] for j in rows])
+                capture = probe.capture_ids([enc.ids[j] for j in rows])
                 batch_rows = []
                 for pos, j in enumerate(rows):
                     ex, record = capture[pos], chunk[j]
@@ -389,7 +389,7 @@ def probe_fingerprint(probe) -> str:
 def _key_sizes(probe, text, stored):
     """Fixed sizes of every stored tensor's axes (0 for token axes), from one forward."""
     ids = probe.tokenizer([text])["input_ids"][0][:8]
-    capture = probe._capture_ids([ids])
+    capture = probe.capture_ids([ids])
     ex = capture[0]
     sizes = {}
     for key in stored:

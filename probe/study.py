@@ -56,7 +56,7 @@ def capture_pairs(probe, plans, out, *, study: str = "negation", **options):
     """Capture every sentence of the plans into the run file ``out``; returns the opened run."""
     texts, metas = pair_texts(plans, study)
     Path(out).parent.mkdir(parents=True, exist_ok=True)
-    return probe.run(texts, out=out, meta=metas, **options)
+    return probe.run_to_file(texts, out, meta=metas, **options)
 
 
 @dataclass

@@ -18,7 +18,7 @@ its shard files, which ``verify`` checks as well.
 >>> from probe import AttentionProbe, load_model
 >>> path = os.path.join(tempfile.mkdtemp(), "run.h5")
 >>> with AttentionProbe(*load_model(), keys=["pattern"]) as p:
-...     p.run(["A robin is a bird."], out=path).close()
+...     p.run_to_file(["A robin is a bird."], path).close()
 >>> report = verify_run(path)
 >>> report.ok, report.checksummed == report.datasets
 (True, True)

@@ -31,7 +31,7 @@ def test_readme_python_blocks_run_in_a_fresh_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     model, tokenizer = load_model()
     with AttentionProbe(model, tokenizer) as p:  # the run the h5py recipe reads
-        p.run(bundled_path("sentences.txt").read_text().splitlines(), out="run.h5").close()
+        p.run_to_file(bundled_path("sentences.txt").read_text().splitlines(), "run.h5").close()
     namespace = {"__name__": "__readme__"}
     for i, block in enumerate(blocks):
         try:

@@ -22,6 +22,8 @@ def probe_run(minilm):
     def run(**options):
         keys = options.pop("keys", ["pattern"])
         with AttentionProbe(model, tokenizer, keys=keys) as p:
+            if "out" in options:
+                return p.run_to_file(["A b.", "C d."], options.pop("out"), **options)
             return p.run(["A b.", "C d."], **options)
     return run
 

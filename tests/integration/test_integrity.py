@@ -194,7 +194,7 @@ def tiny(tiny_model_dir):
 
 def _small_run(tiny, path, **options):
     with AttentionProbe(*tiny, keys=["pattern", "q"]) as p:
-        p.run(_sentences(40, seed=3), out=path, batch_size=8, **options).close()
+        p.run_to_file(_sentences(40, seed=3), path, batch_size=8, **options).close()
     return path
 
 

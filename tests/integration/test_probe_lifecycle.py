@@ -185,3 +185,73 @@ def test_captures_accumulate_per_forward_and_clear(minilm):
         p.clear()
         with pytest.raises(ProbeError, match="nothing captured"):
             p.last
+
+
+def test_capture_ids_is_one_forward_equal_to_the_model_called_directly(minilm):
+    model, tokenizer = minilm
+    ids, mask = _inputs(tokenizer)
+    rows = [tokenizer(t)["input_ids"] for t in SENTENCES]
+    with AttentionProbe(model, tokenizer, keys=["pattern", "value_norm"]) as p, torch.no_grad():
+        model(input_ids=ids, attention_mask=mask)
+        direct = p.last
+        cap = p.capture_ids(rows)
+        assert len(p.captures) == 1  # capture_ids keeps nothing in p.captures
+        with pytest.raises(InputError, match="at least one row"):
+            p.capture_ids([])
+    assert len(cap) == len(SENTENCES) and cap.keys == direct.keys
+    assert cap.batch.spans == [(0, len(r)) for r in rows]
+    for i, row in enumerate(rows):
+        assert cap[i].tokens == tokenizer.convert_ids_to_tokens(row)
+        assert list(cap[i].input_ids) == row
+        for key in cap.keys:
+            assert np.array_equal(cap[i][key], direct[i][key])
+    with pytest.raises(ProbeError, match=r"capture_ids\(\) needs an attached probe"):
+        p.capture_ids(rows)
+
+
+def test_run_returns_a_capture_and_refuses_out_naming_run_to_file(minilm, tmp_path):
+    from probe import Capture, Run
+
+    model, tokenizer = minilm
+    out = tmp_path / "run.h5"
+    with AttentionProbe(model, tokenizer, keys=["pattern"]) as p:
+        with pytest.raises(InputError, match=r"takes no out=.*run_to_file\(texts, out"):
+            p.run(SENTENCES[:2], out=out)
+        with pytest.raises(InputError, match="belong to run_to_file"):
+            p.run(SENTENCES[:2], dtype="float16")
+        assert not out.exists()
+        live = p.run(SENTENCES[:2], out=None)  # out=None still means in memory
+        assert isinstance(live, Capture)
+        with p.run_to_file(SENTENCES[:2], out, meta=[{"n": 0}, {"n": 1}]) as run:
+            assert isinstance(run, Run) and run.complete and len(run) == 2
+            assert [ex.meta["n"] for ex in run] == [0, 1]
+            for i in range(2):
+                assert np.array_equal(run[i]["blocks.2.attn.pattern"], live[i]["blocks.2.attn.pattern"])
+                assert run[i].text == live[i].text == SENTENCES[i]
+    with pytest.raises(ProbeError, match=r"run_to_file\(\) needs an attached probe"):
+        p.run_to_file(SENTENCES[:2], tmp_path / "other.h5")
+
+
+def test_one_registry_serves_both_probes(tokenizer):
+    from conftest import _tiny
+
+    from probe import EncoderDecoderProbe
+    from probe.backends import REGISTRY
+    from probe.encdec import BACKEND as ENCDEC
+
+    bert = _tiny("bert")
+    bart = T.BartModel(T.BartConfig(vocab_size=VOCAB, d_model=16, encoder_layers=1,
+                                    decoder_layers=1, encoder_attention_heads=2,
+                                    decoder_attention_heads=2, encoder_ffn_dim=16,
+                                    decoder_ffn_dim=16, max_position_embeddings=64)).eval()
+    with AttentionProbe(bert) as a, EncoderDecoderProbe(bart) as b:
+        assert REGISTRY.users(BACKEND) == REGISTRY.users(ENCDEC) == 1
+        assert REGISTRY.attached(bert) and REGISTRY.attached(bart)
+        with pytest.raises(ProbeError, match="already attached"):
+            AttentionProbe(bert).attach()
+        assert REGISTRY.entry(a.layers[0].module)[0] is a
+        assert REGISTRY.entry(b.layers.sites()[0][2][0].module)[0] is b
+    assert REGISTRY.users(BACKEND) == REGISTRY.users(ENCDEC) == 0
+    assert not REGISTRY.attached(bert) and not REGISTRY.attached(bart)
+    assert BACKEND not in AttentionInterface._global_mapping
+    assert ENCDEC not in AttentionInterface._global_mapping

@@ -23,7 +23,7 @@ def test_reopen_truncates_a_partial_batch(tmp_path, tiny_model_dir):
     model, tokenizer = load_model(str(tiny_model_dir))
     path = tmp_path / "run.h5"
     with AttentionProbe(model, tokenizer, keys=["pattern", "z"]) as p:
-        p.run([f"Sentence {i} is short." for i in range(6)], out=path).close()
+        p.run_to_file([f"Sentence {i} is short." for i in range(6)], path).close()
     with h5py.File(path, "r+") as f:
         committed = {}
 

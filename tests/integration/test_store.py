@@ -28,7 +28,7 @@ def live_and_stored(minilm, tmp_path_factory):
     meta = [{"id": f"s{i}", "domain": "test"} for i in range(len(SENTENCES))]
     with AttentionProbe(model, tokenizer) as p:
         live = p.run(SENTENCES, batch_size=2, meta=meta)
-        stored = p.run(SENTENCES, batch_size=2, meta=meta, out=path)
+        stored = p.run_to_file(SENTENCES, path, batch_size=2, meta=meta)
     return live, stored, path
 
 
@@ -49,7 +49,7 @@ def test_float16_and_compression_round_trip(minilm, tmp_path):
     with AttentionProbe(model, tokenizer, layers=[1], keys=["pattern", "q"]) as p:
         live = p.run(SENTENCES[:3])
         for compression in ("lzf", "gzip-4"):
-            run = p.run(SENTENCES[:3], out=tmp_path / f"{compression}.h5", dtype="float16",
+            run = p.run_to_file(SENTENCES[:3], tmp_path / f"{compression}.h5", dtype="float16",
                         compression=compression)
             with run:
                 assert run.attrs["dtype"] == "float16" and run.attrs["compression"] == compression
@@ -113,7 +113,7 @@ def test_existing_output_is_never_overwritten(minilm, live_and_stored):
     before = sha(path)
     with AttentionProbe(model, tokenizer) as p:
         with pytest.raises(InputError, match="already exists"):
-            p.run(SENTENCES, out=path)
+            p.run_to_file(SENTENCES, path)
     assert sha(path) == before
 
 
@@ -124,15 +124,15 @@ def test_resume_with_other_settings_is_refused(minilm, live_and_stored):
     with AttentionProbe(model, tokenizer, keys=["pattern"]) as p:
         with pytest.raises(InputError, match=r"settings differ.*keys.*dtype: file has 'float32', "
                                              r"this run has 'float16'"):
-            p.run(SENTENCES, batch_size=2, out=path, resume=True, dtype="float16")
+            p.run_to_file(SENTENCES, path, batch_size=2, resume=True, dtype="float16")
     with AttentionProbe(model, tokenizer) as p:
         with pytest.raises(InputError, match="input_sha256"):
-            p.run(SENTENCES[::-1], batch_size=2, out=path, resume=True)
+            p.run_to_file(SENTENCES[::-1], path, batch_size=2, resume=True)
     from conftest import _tiny
 
     with AttentionProbe(_tiny("bert"), tokenizer) as p:
         with pytest.raises(InputError, match="model_fingerprint"):
-            p.run(SENTENCES, batch_size=2, out=path, resume=True)
+            p.run_to_file(SENTENCES, path, batch_size=2, resume=True)
     assert sha(path) == before
 
 
@@ -245,7 +245,7 @@ def test_readme_h5py_recipe_runs_verbatim(minilm, tmp_path, monkeypatch):
     texts = [f"Sentence {i} is {'not ' * (i % 2)}short." for i in range(9)]
     with AttentionProbe(model, tokenizer, layers=[3], keys=["pattern"]) as p:
         live = p.run(texts, batch_size=4)
-        p.run(texts, batch_size=4, out=tmp_path / "run.h5").close()
+        p.run_to_file(texts, tmp_path / "run.h5", batch_size=4).close()
     monkeypatch.chdir(tmp_path)
     scope: dict = {}
     exec(code, scope)

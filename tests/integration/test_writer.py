@@ -146,7 +146,7 @@ def test_batches_in_flight_are_bounded_with_a_slow_writer(minilm, tmp_path, monk
         watcher = threading.Thread(target=watch, daemon=True)
         watcher.start()
         try:
-            run = p.run(texts, batch_size=1, out=tmp_path / "run.h5", queue_batches=depth)
+            run = p.run_to_file(texts, tmp_path / "run.h5", batch_size=1, queue_batches=depth)
         finally:
             stop.set()
             watcher.join()

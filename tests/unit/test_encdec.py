@@ -308,6 +308,8 @@ def test_writing_to_a_run_file_is_refused_clearly(tokenizer, tmp_path):
     with EncoderDecoderProbe(tiny("bart"), tokenizer) as p:
         with pytest.raises(UnsupportedModelError, match="HDF5 run file is not supported yet"):
             p.run(SENTENCES[:1], out=out)
+        with pytest.raises(UnsupportedModelError, match="has no run_to_file"):
+            p.run_to_file(SENTENCES[:1], out)
         with pytest.raises(ProbeError, match="not supported yet"):
             capture_to_file(p, lambda: iter(list(records_from_texts(SENTENCES[:1], None, None))),
                             out)

@@ -73,13 +73,13 @@ def test_layers_the_backend_never_saw_are_an_error(tokenizer):
 
 def _bypass(module, forward, hidden_states, *args, **kwargs):
     """The module's forward with the probe's entry for it removed for this one call."""
-    from probe import capture as C
+    from probe.backends import REGISTRY
 
-    entry = C._ACTIVE.pop(id(module))
+    entry = REGISTRY.unbind(module)
     try:
         return forward(hidden_states, *args, **kwargs)
     finally:
-        C._ACTIVE[id(module)] = entry
+        REGISTRY.bind(module, entry)
 
 
 def test_a_run_is_never_published_over_an_existing_file(tmp_path):

@@ -8,7 +8,7 @@ import torch
 
 from probe import names
 from probe.attention import attend, repeat_kv, value_norms, value_vectors
-from probe.capture import _spans
+from probe.recording import spans_of as _spans
 from probe.errors import InputError
 from probe.inputs import batches_by_length, encode
 

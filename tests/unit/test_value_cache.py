@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-import probe.capture as capture_module
+import probe.recording as capture_module  # where the factor cache lives
 from conftest import ARCHS, OUT_PROJ, SENTENCES, _tiny
 from probe import AttentionProbe
 from probe.inputs import pad

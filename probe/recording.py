@@ -1,0 +1,197 @@
+"""What an :class:`~probe.capture.AttentionProbe` collects during one forward call, made into
+a :class:`~probe.captures.Capture`: per layer tensors from the backend, padding spans from the
+call's 2D mask, numpy arrays, and value norms through a cached factor of each layer's W_O.
+
+>>> import torch
+>>> spans_of(torch.tensor([[1, 1, 0], [0, 1, 1]]), 2, 3)
+[(0, 2), (1, 3)]
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import names
+from .attention import check_output_weight, masked_positions, value_norm_factor, value_norms_with
+from .captures import Capture, CapturedBatch
+from .errors import InputError, ProbeError, UnsupportedModelError
+
+
+def spans_of(attention_mask, batch: int, width: int) -> list[tuple[int, int]]:
+    """(start, stop) of each row's real tokens from a 2D mask; they must be contiguous."""
+    if attention_mask is None:
+        return [(0, width)] * batch
+    if attention_mask.dim() != 2:
+        raise InputError(
+            "probe needs a 2D attention_mask [batch, token] to remove padding; got shape "
+            f"{tuple(attention_mask.shape)}. Pass the tokenizer's 2D mask."
+        )
+    real = attention_mask.detach().to("cpu", torch.bool).numpy()
+    spans = []
+    for row, keep in enumerate(real):
+        positions = np.flatnonzero(keep)
+        if positions.size == 0:
+            raise InputError(f"row {row} of the batch has no real token (attention_mask is all 0)")
+        start, stop = int(positions[0]), int(positions[-1]) + 1
+        if positions.size != stop - start:
+            raise InputError(
+                f"row {row}: the real tokens are not contiguous in attention_mask; probe "
+                "supports left or right padding only"
+            )
+        spans.append((start, stop))
+    return spans
+
+
+def to_numpy(t: torch.Tensor) -> np.ndarray:
+    """A detached tensor on the CPU as numpy (bfloat16, which numpy lacks, as float32)."""
+    if t.dtype == torch.bfloat16:
+        t = t.float()
+    return t.cpu().numpy()
+
+
+class ValueNormFactors:
+    """Per layer, :func:`~probe.attention.value_norm_factor` of its W_O, recomputed only when
+    W_O changes.
+
+    A change is seen by a fingerprint of W_O's content, ``W_O @ r`` for a fixed random +-1
+    vector r (one pass over W_O, a d_head-th of the factor's cost), compared bit for bit, and by
+    its shape and dtype. Identity and version counters would not do: ``weight.data.mul_(2)``
+    bumps no version counter, and offloaded weights are fresh tensors on every call. An edit
+    below the fingerprint's rounding (about 1e-6 of a weight's typical size) can go unseen;
+    its effect on a norm is below float32 rounding.
+    """
+
+    def __init__(self):
+        self._entries: dict[int, tuple] = {}
+        self._signs: dict[tuple, torch.Tensor] = {}
+
+    def _fingerprint(self, w: torch.Tensor) -> torch.Tensor:
+        key = (w.shape[-1], w.dtype, w.device)
+        if key not in self._signs:
+            g = torch.Generator().manual_seed(15)
+            signs = torch.randint(0, 2, (w.shape[-1],), generator=g).mul_(2).sub_(1)
+            self._signs[key] = signs.to(dtype=w.dtype, device=w.device)
+        return torch.mv(w, self._signs[key])
+
+    def get(self, layer, n_heads: int, d_head: int, v: torch.Tensor):
+        with torch.no_grad():
+            w = layer.output_weight().detach()  # on its own device: no copy unless W_O changed
+            check_output_weight(w, n_heads, d_head)
+            fingerprint = self._fingerprint(w)
+            entry = self._entries.get(layer.index)
+            if (entry is None or entry[0] != (w.shape, w.dtype, n_heads)
+                    or not torch.equal(entry[1], fingerprint)):
+                entry = ((w.shape, w.dtype, n_heads), fingerprint, {})
+                self._entries[layer.index] = entry
+            compute = torch.float32 if v.dtype in (torch.float16, torch.bfloat16) else v.dtype
+            cast = entry[2]  # the factor on v's device in the computing dtype (float64 dropped)
+            if (v.device, compute) not in cast:
+                cast[v.device, compute] = value_norm_factor(w, n_heads).to(v.device, compute)
+            return cast[v.device, compute]
+
+
+class Recorder:
+    """Collects the chosen layers' tensors of each forward call; one Capture per call.
+
+    ``plan`` maps layer index -> components to keep; ``keys`` is what examples expose.
+    :meth:`before_forward` and :meth:`after_forward` are the model's forward hooks,
+    :meth:`record` is called by the attention backend once per layer.
+    """
+
+    def __init__(self, layers, plan: dict, keys, tokenizer=None):
+        self.layers, self.plan, self.keys, self.tokenizer = layers, plan, tuple(keys), tokenizer
+        self.captures: list[Capture] = []
+        self.layer_facts: dict[int, dict] = {}
+        self._pending: dict[int, dict[str, torch.Tensor]] = {}
+        self._call: dict = {}
+        self._factors = ValueNormFactors()
+
+    def reset(self) -> None:
+        """Forget a forward call in progress (on detach)."""
+        self._pending, self._call = {}, {}
+
+    def before_forward(self, module, args, kwargs):
+        self._pending = {}
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        self._call = {"input_ids": ids if torch.is_tensor(ids) else None,
+                      "attention_mask": kwargs.get("attention_mask")}
+
+    def layer_of_call(self, layer):
+        """The layer this call of ``layer.module`` computes: the k-th call of a module shared by
+        several layers (ALBERT) in one forward is its k-th layer; otherwise ``layer`` itself."""
+        uses = [u for u in self.layers if u.module is layer.module]
+        if len(uses) == 1:
+            return layer
+        counts = self._call.setdefault("calls", {})
+        k = counts.get(id(layer.module), 0)
+        counts[id(layer.module)] = k + 1
+        return uses[k % len(uses)]
+
+    def record(self, layer, query, key, value, scores, pattern, z, mask, sink=None, facts=None):
+        if facts is not None:  # what the model passed to its attention function, per layer
+            self.layer_facts[layer.index] = facts
+        wanted = self.plan.get(layer.index)
+        if not wanted:
+            return
+        if query.shape[-2] != key.shape[-2]:
+            raise ProbeError(
+                f"layer {layer.index}: {query.shape[-2]} queries against {key.shape[-2]} keys "
+                "(a key/value cache is in use); probe captures full forward passes only: call "
+                "the model with use_cache=False and without past_key_values"
+            )
+        got = {"q": query, "k": key, "v": value, "scores": scores, "pattern": pattern, "z": z}
+        got = {c: t for c, t in got.items() if c in wanted}  # in names.COMPONENTS order
+        if "scores" in got and mask is not None:
+            got["scores"] = self._fill_masked(scores, mask)
+        if "value_norm" in wanted:
+            factor = self._factors.get(layer, query.shape[1], value.shape[-1], value)
+            got["value_norm"] = value_norms_with(value.detach(), factor)
+        if "sink" in wanted:
+            got["sink"] = sink if sink is not None else pattern.new_zeros(pattern.shape[:-1])
+        self._pending[layer.index] = {c: t.detach() for c, t in got.items()}
+
+    def _fill_masked(self, scores, mask):
+        """Scores with masked entries set to -inf, in place: after the softmax the backend's
+        scores tensor serves only this capture (the softmax saved its output, not its input).
+        The boolean positions are made once per mask per forward call (layers share masks)."""
+        cache = self._call.setdefault("masked", [])
+        for held, positions in cache:  # `held` keeps the mask alive, so its address is unique
+            if (held.data_ptr() == mask.data_ptr() and held.shape == mask.shape
+                    and held.stride() == mask.stride() and held.dtype == mask.dtype):
+                break
+        else:
+            positions = masked_positions(mask)
+            cache.append((mask, positions))
+            del cache[:-4]  # bounded, even for calls that bypass the model's forward hooks
+        if scores.requires_grad:
+            return scores.masked_fill(positions, float("-inf"))
+        return scores.masked_fill_(positions, float("-inf"))
+
+    def after_forward(self, module, args, kwargs, output):
+        pending, call = self._pending, self._call
+        self._pending, self._call = {}, {}
+        if not pending:
+            return None
+        missing = sorted(set(self.plan) - set(pending))
+        if missing:
+            raise UnsupportedModelError(
+                f"layers {missing} were not seen by the probe's attention backend during this "
+                "forward call; this model routes some attention around transformers' "
+                "AttentionInterface, so probe cannot capture it"
+            )
+        arrays = {names.key(layer, component): to_numpy(tensor)
+                  for layer, tensors in pending.items() for component, tensor in tensors.items()}
+        first = next(iter(arrays.values()))
+        batch, width = first.shape[0], first.shape[2]
+        spans = spans_of(call.get("attention_mask"), batch, width)
+        ids = call.get("input_ids")
+        ids = None if ids is None else ids.detach().cpu().numpy()
+        tokens = None
+        if ids is not None and self.tokenizer is not None:
+            tokens = [self.tokenizer.convert_ids_to_tokens(ids[row, a:b].tolist())
+                      for row, (a, b) in enumerate(spans)]
+        batch_capture = CapturedBatch(arrays, spans, tokens, keys=self.keys, input_ids=ids)
+        self.captures.append(Capture([batch_capture.example(i) for i in range(batch)],
+                                     self.keys, batch=batch_capture))
+        return None
