@@ -34,9 +34,8 @@ import h5py
 import numpy as np
 
 from .store.files import check_schema, open_file
-from .store.layout import (INDEX_FIELDS, REQUIRED, committed_extent, dataset_path, key_of,
-                           read_attr, stored_keys)
-from .store.reader import index_problem
+from .store.layout import (INDEX_FIELDS, REQUIRED, committed_extent, dataset_path, index_problem,
+                           key_of, read_attr, stored_keys)
 
 ROW_BLOCK = 1 << 14  # index rows checked at a time
 READ_BLOCK = 1 << 20  # elements read at a time from a dataset that is not chunked

@@ -6,7 +6,7 @@ Modules, one job each (an arrow: may import)::
     layout.py   the one description of the file: datasets, dtypes, chunks, attributes,
                 run identity                                       (imports none of these)
     errors.py   the store's exceptions; detaching a file whose writes fail (none of these)
-    files.py    opening files safely, publishing them, the writer lock   -> layout, errors
+    files.py    opening files safely, publishing, extending, the lock    -> layout, errors
     writer.py   RunWriter and BatchRow: create, reopen, append, finish   -> layout, files, errors
     reader.py   Run and open_run: lazy reads, index and damage checks    -> layout, files, errors
     shards.py   combine: shard files joined by virtual datasets          -> layout, files, errors
@@ -19,8 +19,8 @@ from .errors import (CorruptRunError, DiskFullError, SchemaError, ShardError, Un
 from .files import check_contents, check_schema, committed_on_disk, open_file
 from .layout import (BYTE_STREAMS, DTYPES, FILE_README, INDEX_FIELDS, REQUIRED, RESUME_MUST_MATCH,
                      RUN_IDENTITY, SCHEMA, SCHEMA_VERSION, check_dtype, compression_args,
-                     dataset_path, read_attr, unit_of, utc_now)
-from .reader import Run, decode_meta, index_problem, open_run
+                     dataset_path, index_problem, read_attr, unit_of, utc_now)
+from .reader import Run, decode_meta, open_run
 from .shards import combine
 from .writer import BatchRow, RunWriter
 

@@ -2,7 +2,7 @@
 ones in place: the file handling the writer, the reader and ``combine`` share.
 
 One job: hand over an ``h5py.File`` that is a probe run and reads only its own data (or its
-shards'), and publish or lock a run without ever overwriting one. Imports ``layout`` and
+shards'), publish or lock a run without ever overwriting one, and extend its datasets. Imports ``layout`` and
 ``errors`` only; the writer, reader and shards import it.
 """
 
@@ -239,3 +239,17 @@ def acquire_lock(path, committed: int | None, **hint) -> WriterLock:
             pass
         raise write_failed(err, path, committed if committed is not None
                            else committed_on_disk(path), **hint) from None
+
+
+def extend(ds, data: np.ndarray) -> None:
+    """Extend a 1-D dataset by ``data`` through h5py's low-level API (the high-level
+    ``resize`` + slice assignment costs about 0.4 ms of Python per call; a batch makes ~40)."""
+    dsid = ds.id
+    old = dsid.get_space().shape[0]
+    count = data.shape[0]
+    dsid.set_extent((old + count,))
+    if count:
+        file_space = dsid.get_space()
+        file_space.select_hyperslab((old,), (count,))
+        dsid.write(h5py.h5s.create_simple((count,)), file_space,
+                   np.ascontiguousarray(data, dtype=ds.dtype))

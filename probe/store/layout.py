@@ -1,5 +1,5 @@
 """The one description of a run file: groups, datasets, dtypes, chunking and checksum options,
-attributes, and the settings that make a run the run it is. Imports nothing from the other
+attributes, what a consistent index satisfies, and the settings that make a run the run it is. Imports nothing from the other
 store modules (they all import it); it describes the file, it opens and writes nothing.
 
 Layout (schema ``probe.run`` version 1; README.md has a full h5py-only example)::
@@ -213,6 +213,37 @@ def committed_extent(f, n_done: int) -> dict[str, int]:
     tokens = extent["token"]
     extent["tokens/text"] = int(f["tokens/end"][tokens - 1]) if tokens else 0
     return extent
+
+
+def index_problem(index: dict, sizes: dict, *, first: dict | None = None) -> str | None:
+    """What is wrong with committed index rows (None when nothing): every offset must follow
+    from the previous row (the streams are concatenations) and stay within its stream.
+    ``first``: the offsets the first of these rows must start at (0 for a whole run)."""
+    n = index["n_tokens"].astype(np.int64)
+    if not len(n):
+        return None
+    first = first or dict.fromkeys(OFFSETS, 0)
+    if n.min() < 1:
+        return f"a row has {n.min()} tokens"
+    for name in ("example", "text_len", "meta_len"):
+        if index[name].min() < 0:
+            return f"/index/{name} holds a negative value"
+    for start, step in (("token_start", n), ("square_start", n * n),
+                        ("text_start", index["text_len"]), ("meta_start", index["meta_len"])):
+        expected = first[start] + np.concatenate([[0], np.cumsum(step.astype(np.int64))[:-1]])
+        bad = np.flatnonzero(index[start].astype(np.int64) != expected)
+        if len(bad):
+            return (f"/index/{start} of row {bad[0]} is {index[start][bad[0]]}, expected "
+                    f"{expected[bad[0]]}")
+    ends = index_ends({name: index[name][-1] for name in INDEX_FIELDS})
+    ends["tokens/input_ids"] = ends["tokens/end"] = ends["token"]
+    for name in ("examples/text", "examples/meta", "tokens/input_ids", "tokens/end"):
+        if name in sizes and ends[name] > sizes[name]:
+            return f"the rows reach element {ends[name]} of /{name}, which holds {sizes[name]}"
+    for key, size in sizes.items():
+        if isinstance(key, tuple) and ends[key[0]] > size:
+            return f"the rows reach {key[0]} {ends[key[0]]} of {key[1]}, which holds {size}"
+    return None
 
 
 def read_attr(value):

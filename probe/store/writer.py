@@ -24,8 +24,8 @@ from ..errors import ProbeError
 from ..lock import WriterLock
 from .errors import (WriteFailedError, close_after_failure, close_or_detach, detach,
                      is_write_failure, quiet_failed_closes, write_failed)
-from .files import (acquire_lock, check_contents, check_schema, committed_on_disk, open_file,
-                    publish)
+from .files import (acquire_lock, check_contents, check_schema, committed_on_disk, extend,
+                    open_file, publish)
 from .layout import (BYTE_STREAMS, DTYPES, INDEX_FIELDS, SCHEMA, SCHEMA_VERSION, STATE, STREAMS,
                      check_dtype, committed_extent, dataset_path, per_unit_of, stored_keys,
                      tensor_attrs, tensor_options, to_attr, write_tensor_attrs)
@@ -67,7 +67,7 @@ class RunWriter:
         self.lock = lock  # held from creation or reopening until close()
         self.failed: BaseException | None = None  # a write the OS refused; see _fail
         self.dtype = DTYPES[dtype]
-        self._buffer: np.ndarray | None = None  # packing buffer, reused (see _scratch)
+        self._packer = _Packer(self.dtype)
         self.n_done = int(f["state/n_done"][0])
         self.stored_keys = sorted(stored_keys(f))
         self.extent = committed_extent(f, self.n_done)  # where the next row goes, per stream
@@ -89,23 +89,10 @@ class RunWriter:
         a crash during creation never leaves a half-made run at ``path``.
         """
         check_dtype(dtype)
-        final = os.fspath(path)
-        tmp = f"{final}.creating-{os.getpid()}"
         with quiet_failed_closes():
-            lock = acquire_lock(final, committed=0)
-            f = None
-            try:
-                f = h5py.File(tmp, "w-", libver="latest")
-                _fill_new(f, attrs, key_specs, dtype=dtype, compression=compression,
-                          n_examples=n_examples)
-                f.flush()
-                f.swmr_mode = True
-                publish(tmp, final)
-            except BaseException as err:
-                if _abandon(f, lock, err, tmp):
-                    raise write_failed(err, final, 0) from None
-                raise
-            return cls(f, dtype, lock, path=final)
+            f, lock = _create_file(os.fspath(path), attrs, key_specs, dtype=dtype,
+                                   compression=compression, n_examples=n_examples)
+            return cls(f, dtype, lock, path=os.fspath(path))
 
     @classmethod
     def reopen(cls, path, *, dtype: str):
@@ -117,7 +104,7 @@ class RunWriter:
             check_schema(f, path)
             check_contents(f, path)
             writer = cls(f, dtype, lock, path=path)
-            writer._truncate_to_commit()
+            _truncate(f, writer.n_done, writer.extent, writer._key_ds.values())
             f.flush()
             if not f.swmr_mode:
                 f.swmr_mode = True
@@ -126,15 +113,6 @@ class RunWriter:
                 raise write_failed(err, path, committed_on_disk(path)) from None
             raise
         return writer
-
-    def _truncate_to_commit(self):
-        ends = {**{f"index/{name}": self.n_done for name in INDEX_FIELDS},
-                **{name: self.extent[name] for name in BYTE_STREAMS},
-                "tokens/input_ids": self.extent["token"], "tokens/end": self.extent["token"]}
-        for name, end in ends.items():
-            self.f[name].resize((end,))
-        for ds, unit, per_unit in self._key_ds.values():
-            ds.resize((self.extent[unit] * per_unit,))
 
     def done_examples(self) -> np.ndarray:
         """Input indices of the committed rows."""
@@ -145,9 +123,8 @@ class RunWriter:
 
         ``packed`` is the batch's :class:`~probe.captures.CapturedBatch` (rows in the same
         order), or a mapping ``key -> the rows' arrays of that key flattened and concatenated
-        in row order`` (what :meth:`~probe.captures.CapturedBatch.packed` returns). From a
-        batch, each key is packed with one copy into a buffer this writer reuses for every key
-        and batch, and that buffer is what HDF5 writes from: no per-batch allocation, one copy.
+        in row order`` (what :meth:`~probe.captures.CapturedBatch.packed` returns); see
+        :class:`_Packer` for how a batch is packed.
         """
         if self.failed is not None:
             raise ProbeError(f"{self.path}: an earlier write failed; close this writer and "
@@ -155,9 +132,11 @@ class RunWriter:
         with self._refused_writes():
             n, streams = encode_rows(rows, self.extent)
             for key in self.stored_keys:
-                self._append_tensor(key, n, packed)
+                ds, unit, per_unit = self._key_ds[key]
+                units = n.sum() if unit == "token" else (n * n).sum()
+                extend(ds, self._packer.pack(key, packed, units * per_unit))
             for name, data in streams.items():
-                _append(self._ds[name], data)
+                extend(self._ds[name], data)
             self.f.flush()
             # commit: only now does the batch count (the counter moves once the commit is on disk)
             self._ds["state/n_done"][0] = self.n_done + len(rows)
@@ -167,26 +146,6 @@ class RunWriter:
             self.extent["square"] += int((n * n).sum())
             for name in BYTE_STREAMS:
                 self.extent[name] += streams[name].shape[0]
-
-    def _append_tensor(self, key: str, n: np.ndarray, packed) -> None:
-        ds, unit, per_unit = self._key_ds[key]
-        units = n.sum() if unit == "token" else (n * n).sum()
-        if isinstance(packed, CapturedBatch):
-            data = packed.packed(key, self.dtype, out=self._scratch(packed.packed_size(key)))
-        else:
-            data = packed[key]
-        if data.shape != (units * per_unit,):
-            raise ProbeError(f"{key}: got {data.shape[0]} values for a batch that needs "
-                             f"{units * per_unit}")
-        _append(ds, data.astype(self.dtype, copy=False))
-
-    def _scratch(self, size: int) -> np.ndarray:
-        """The reused packing buffer, grown (by half again, to grow rarely) when too small."""
-        buf = self._buffer
-        if buf is None or buf.shape[0] < size:
-            grown = int(1.5 * buf.shape[0]) if buf is not None else 0
-            buf = self._buffer = np.empty(max(size, grown), self.dtype)
-        return buf
 
     @contextlib.contextmanager
     def _refused_writes(self):
@@ -227,6 +186,65 @@ class RunWriter:
         finally:
             if self.lock is not None:
                 self.lock.release()
+
+
+class _Packer:
+    """One copy per key and batch: each key of a :class:`~probe.captures.CapturedBatch` is
+    packed (cast and unpadded) into a buffer reused for every key and batch, and that buffer
+    is what HDF5 writes from, so a batch allocates nothing."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self._buffer: np.ndarray | None = None
+
+    def pack(self, key: str, packed, size: int) -> np.ndarray:
+        """The ``size`` values of ``key`` in the writer's dtype, from a batch or a mapping."""
+        if isinstance(packed, CapturedBatch):
+            data = packed.packed(key, self.dtype, out=self._scratch(packed.packed_size(key)))
+        else:
+            data = packed[key]
+        if data.shape != (size,):
+            raise ProbeError(f"{key}: got {data.shape[0]} values for a batch that needs {size}")
+        return data.astype(self.dtype, copy=False)
+
+    def _scratch(self, size: int) -> np.ndarray:
+        """The reused buffer, grown (by half again, to grow rarely) when too small."""
+        buf = self._buffer
+        if buf is None or buf.shape[0] < size:
+            grown = int(1.5 * buf.shape[0]) if buf is not None else 0
+            buf = self._buffer = np.empty(max(size, grown), self.dtype)
+        return buf
+
+
+def _create_file(final: str, attrs: dict, key_specs: dict, **options):
+    """``(file, lock)`` of a new run at ``final``: built at a temporary name, put in SWMR mode,
+    then linked into place; on failure nothing is left and the lock is released."""
+    tmp = f"{final}.creating-{os.getpid()}"
+    lock = acquire_lock(final, committed=0)
+    f = None
+    try:
+        f = h5py.File(tmp, "w-", libver="latest")
+        _fill_new(f, attrs, key_specs, **options)
+        f.flush()
+        f.swmr_mode = True
+        publish(tmp, final)
+    except BaseException as err:
+        if _abandon(f, lock, err, tmp):
+            raise write_failed(err, final, 0) from None
+        raise
+    return f, lock
+
+
+def _truncate(f: h5py.File, n_done: int, extent: dict, tensors) -> None:
+    """Drop what lies past the last commit (rows of a batch a killed writer left unfinished).
+    ``tensors``: ``(dataset, unit, per_unit)`` of every tensor."""
+    ends = {**{f"index/{name}": n_done for name in INDEX_FIELDS},
+            **{name: extent[name] for name in BYTE_STREAMS},
+            "tokens/input_ids": extent["token"], "tokens/end": extent["token"]}
+    for name, end in ends.items():
+        f[name].resize((end,))
+    for ds, unit, per_unit in tensors:
+        ds.resize((extent[unit] * per_unit,))
 
 
 def _fill_new(f: h5py.File, attrs: dict, key_specs: dict, *, dtype: str,
@@ -291,17 +309,3 @@ def _starts(lengths) -> np.ndarray:
     """Where each of consecutive pieces of these lengths starts (0 for the first)."""
     lengths = np.asarray(lengths, np.int64)
     return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
-
-
-def _append(ds, data: np.ndarray) -> None:
-    """Extend a 1-D dataset by ``data`` through h5py's low-level API (the high-level
-    ``resize`` + slice assignment costs about 0.4 ms of Python per call; a batch makes ~40)."""
-    dsid = ds.id
-    old = dsid.get_space().shape[0]
-    count = data.shape[0]
-    dsid.set_extent((old + count,))
-    if count:
-        file_space = dsid.get_space()
-        file_space.select_hyperslab((old,), (count,))
-        dsid.write(h5py.h5s.create_simple((count,)), file_space,
-                   np.ascontiguousarray(data, dtype=ds.dtype))
