@@ -25,12 +25,10 @@ import torch
 from . import names
 from .errors import InputError, ProbeError, ProbeWarning
 from .inputs import batches_by_length, encode, max_length_of
-from .store import (RunWriter, WriteFailedError, _attr, _committed_on_disk, check_dtype,
-                    check_schema, compression_args, open_file, open_run, utc_now, write_failed)
-
-#: settings that must be equal to resume a run
-RESUME_MUST_MATCH = ("model", "model_fingerprint", "keys", "dtype", "compression", "truncate",
-                     "batch_size", "window", "input_sha256", "n_examples", "shard")
+from .store import (FILE_README, RESUME_MUST_MATCH, BatchRow, RunWriter, WriteFailedError,
+                    check_dtype, check_schema, committed_on_disk, compression_args, open_file,
+                    open_run, read_attr, utc_now, write_failed)
+from .store.layout import differing_settings
 
 
 class Interrupted(ProbeError):
@@ -129,14 +127,11 @@ def provenance(probe) -> dict:
 
 
 def _check_resume(f, wanted: dict, path) -> None:
-    diffs = []
-    for name in RESUME_MUST_MATCH:
-        have = _attr(f.attrs.get(name))
-        want = wanted[name]
-        if isinstance(want, (list, tuple)):
-            want, have = list(want), list(have or [])
-        if have != want:
-            diffs.append(f"{name}: file has {_short(have)}, this run has {_short(want)}")
+    """Refuse to resume a file written with other settings (see
+    :data:`probe.store.layout.IDENTITY`)."""
+    have = {name: read_attr(f.attrs.get(name)) for name in RESUME_MUST_MATCH}
+    diffs = [f"{name}: file has {_short(have[name])}, this run has {_short(wanted[name])}"
+             for name in differing_settings(have, wanted, RESUME_MUST_MATCH)]
     if diffs:
         raise InputError(f"cannot resume {path}: settings differ ({'; '.join(diffs)}). Resume "
                          "with the same settings, or write to a new file")
@@ -299,7 +294,7 @@ def _capture(probe, make_records, out, exists, settings, n_examples, stored, *, 
         writer = RunWriter.reopen(out, dtype=dtype)
     else:
         attrs = {**provenance(probe), **settings}
-        attrs["readme"] = _FILE_README
+        attrs["readme"] = FILE_README
         sizes = _key_sizes(probe, next(iter(make_records())).text, stored)
         writer = RunWriter.create(out, attrs, sizes, dtype=dtype, compression=compression,
                                   n_examples=n_examples)
@@ -343,9 +338,9 @@ def _capture(probe, make_records, out, exists, settings, n_examples, stored, *, 
                     meta = dict(record.meta)
                     if enc.truncated[j]:
                         meta["truncated"] = True
-                    batch_rows.append({"index": start + j, "tokens": ex.tokens,
-                                       "input_ids": ex.input_ids, "text": record.text,
-                                       "meta": meta})
+                    batch_rows.append(BatchRow(index=start + j, tokens=ex.tokens,
+                                               input_ids=ex.input_ids, text=record.text,
+                                               meta=meta))
                 background.put((batch_rows, capture.batch))
                 capture = ex = None  # the writer holds the only reference now: see _Writer
                 bar.update(len(rows))
@@ -365,7 +360,7 @@ def _capture(probe, make_records, out, exists, settings, n_examples, stored, *, 
             failure = failure or err
         bar.close()
     if failure is not None:  # read back what the file holds now that it is closed
-        committed = _committed_on_disk(out)
+        committed = committed_on_disk(out)
         raise write_failed(failure.cause, out,
                            failure.committed if committed is None else committed) from None
     return open_run(out)
@@ -414,17 +409,3 @@ class _NoBar:
 
     def close(self):
         pass
-
-
-_FILE_README = """probe run file (schema probe.run, version 1). Read with h5py alone:
-  n = f['state/n_done'][0]                      # committed rows; ignore anything beyond
-  row = ...                                     # rows are in batch order; f['index/example'][row] is the input index
-  t0, L = f['index/token_start'][row], f['index/n_tokens'][row]
-  ds = f['blocks/3/attn/pattern']               # any key blocks.{l}.attn.{c} -> blocks/{l}/attn/{c}
-  s0 = f['index/' + ds.attrs['unit'] + '_start'][row] * ds.attrs['per_unit']
-  units = L if ds.attrs['unit'] == 'token' else L * L
-  x = ds[s0 : s0 + units * ds.attrs['per_unit']].reshape([s or L for s in ds.attrs['sizes']])
-  # axes of x: ds.attrs['axes']; value_weighted = pattern * value_norm[:, None, :]
-  text = f['examples/text'][a:a+m].tobytes().decode()   # a, m = index/text_start, index/text_len
-  ends = f['tokens/end'][t0-1 : t0+L] (prepend 0 when t0 == 0); token j = tokens/text[ends[j]:ends[j+1]]
-"""

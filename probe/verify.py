@@ -33,8 +33,9 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
-from .store import (INDEX_FIELDS, REQUIRED, _attr, _committed_extent, _key_of, _stored_keys,
-                    check_schema, dataset_path, index_problem, open_file)
+from .store.files import check_schema, open_file
+from .store.layout import (INDEX_FIELDS, REQUIRED, committed_extent, dataset_path, index_problem,
+                           key_of, read_attr, stored_keys)
 
 ROW_BLOCK = 1 << 14  # index rows checked at a time
 READ_BLOCK = 1 << 20  # elements read at a time from a dataset that is not chunked
@@ -85,7 +86,7 @@ def verify_run(path) -> VerifyReport:
         _check(f, report)
         if f.attrs.get("shard") == "combined":
             folder = os.path.dirname(os.path.abspath(path))
-            for rel in _attr(f.attrs.get("shards")) or []:
+            for rel in read_attr(f.attrs.get("shards")) or []:
                 shard = os.path.join(folder, rel)
                 if os.path.isfile(shard):
                     report.shards.append(verify_run(shard))
@@ -96,11 +97,11 @@ def verify_run(path) -> VerifyReport:
 
 def _check(f: h5py.File, report: VerifyReport) -> None:
     missing = [name for name in REQUIRED if not isinstance(f.get(name), h5py.Dataset)]
-    keys = [str(k) for k in (_attr(f.attrs.get("stored_keys")) or [])]
+    keys = [str(k) for k in (read_attr(f.attrs.get("stored_keys")) or [])]
     missing += [dataset_path(k) for k in keys if not isinstance(f.get(dataset_path(k)), h5py.Dataset)]
     for name in missing:
         report.problems.append(f"/{name} is missing")
-    present = [name for name in (*REQUIRED, *[dataset_path(k) for k in _stored_keys(f)])
+    present = [name for name in (*REQUIRED, *[dataset_path(k) for k in stored_keys(f)])
                if name not in missing and isinstance(f.get(name), h5py.Dataset)
                and not name.startswith("state/")]
     n_done = None
@@ -160,15 +161,15 @@ def _state(f, report, missing):
 def _committed_limits(f, n_done: int) -> dict[str, int]:
     """How many elements of each dataset the committed rows reach."""
     try:
-        extent = _committed_extent(f, n_done)
+        extent = committed_extent(f, n_done)
     except Exception:  # a damaged tail: read everything instead
         return {}
     limits = {f"index/{n}": n_done for n in INDEX_FIELDS}
     limits.update({name: extent[name] for name in ("examples/text", "examples/meta", "tokens/text")})
     limits["tokens/input_ids"] = limits["tokens/end"] = extent["token"]
-    for key in _stored_keys(f):
+    for key in stored_keys(f):
         ds = f[dataset_path(key)]
-        limits[dataset_path(key)] = extent[str(_attr(ds.attrs["unit"]))] * int(ds.attrs["per_unit"])
+        limits[dataset_path(key)] = extent[str(read_attr(ds.attrs["unit"]))] * int(ds.attrs["per_unit"])
     return limits
 
 
@@ -197,7 +198,7 @@ def _read_chunks(ds: h5py.Dataset, name: str, report: VerifyReport, limit=None) 
             reason = "fails its checksum" if "filter" in str(err) else str(err).split("(")[0].strip()
             where = f"elements {start}..{stop}"
             if name.startswith("blocks/"):
-                where += f" (key blocks.{_key_of(name)[0]}.attn.{_key_of(name)[1]})"
+                where += f" (key blocks.{key_of(name)[0]}.attn.{key_of(name)[1]})"
             report.problems.append(f"/{name} {where} {reason}")
         if ds.chunks:
             report.chunks += 1
@@ -209,9 +210,9 @@ def _check_rows(f, n_done, report, missing, damaged) -> None:
     sizes = {name: f[name].shape[0] for name in ("examples/text", "examples/meta", "tokens/text",
                                                  "tokens/input_ids", "tokens/end")
              if name not in missing}
-    for key in _stored_keys(f):
+    for key in stored_keys(f):
         ds = f[dataset_path(key)]
-        sizes[(str(_attr(ds.attrs["unit"])), key)] = ds.shape[0] // max(int(ds.attrs["per_unit"]), 1)
+        sizes[(str(read_attr(ds.attrs["unit"])), key)] = ds.shape[0] // max(int(ds.attrs["per_unit"]), 1)
     n_examples = int(f.attrs.get("n_examples", 0) or 0)
     seen = np.zeros(n_examples, bool) if n_examples else None
     first = dict.fromkeys(("token_start", "square_start", "text_start", "meta_start"), 0)

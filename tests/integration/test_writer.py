@@ -9,7 +9,7 @@ import pytest
 
 from probe import names
 from probe.captures import CapturedBatch, unpad_index
-from probe.store import RunWriter, dataset_path
+from probe.store import BatchRow, RunWriter, dataset_path
 
 
 def _batch(spans, width, seed=0):
@@ -62,9 +62,9 @@ def test_packed_refuses_a_wrong_buffer():
 
 
 def _rows(batch, first_index):
-    return [{"index": first_index + i, "tokens": batch.tokens[i],
-             "input_ids": np.arange(len(batch.tokens[i])), "text": f"text {first_index + i}",
-             "meta": {"id": first_index + i}} for i in range(len(batch))]
+    return [BatchRow(index=first_index + i, tokens=batch.tokens[i],
+                     input_ids=np.arange(len(batch.tokens[i])), text=f"text {first_index + i}",
+                     meta={"id": first_index + i}) for i in range(len(batch))]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])

@@ -83,7 +83,7 @@ def _bypass(module, forward, hidden_states, *args, **kwargs):
 
 
 def test_a_run_is_never_published_over_an_existing_file(tmp_path):
-    from probe.store import _publish
+    from probe.store.files import publish as _publish
 
     final, tmp = tmp_path / "run.h5", tmp_path / "run.h5.creating"
     final.write_bytes(b"precious")

@@ -1,0 +1,35 @@
+"""HDF5 run files: the layout, a crash-safe writer, a lazy reader, and shard combining. The
+store stores; it computes nothing (``value_weighted`` is derived on read by the Example).
+
+Modules, one job each (an arrow: may import)::
+
+    layout.py   the one description of the file: datasets, dtypes, chunks, attributes,
+                run identity                                       (imports none of these)
+    errors.py   the store's exceptions; detaching a file whose writes fail (none of these)
+    files.py    opening files safely, publishing, extending, the lock    -> layout, errors
+    writer.py   RunWriter and BatchRow: create, reopen, append, finish   -> layout, files, errors
+    reader.py   Run and open_run: lazy reads, index and damage checks    -> layout, files, errors
+    shards.py   combine: shard files joined by virtual datasets          -> layout, files, errors
+
+Everything public is importable from ``probe.store`` itself.
+"""
+
+from .errors import (CorruptRunError, DiskFullError, SchemaError, ShardError, UnsafeRunError,
+                     WriteFailedError, is_disk_full, is_write_failure, write_failed)
+from .files import check_contents, check_schema, committed_on_disk, open_file
+from .layout import (BYTE_STREAMS, DTYPES, FILE_README, INDEX_FIELDS, REQUIRED, RESUME_MUST_MATCH,
+                     RUN_IDENTITY, SCHEMA, SCHEMA_VERSION, check_dtype, compression_args,
+                     dataset_path, index_problem, read_attr, unit_of, utc_now)
+from .reader import Run, decode_meta, open_run
+from .shards import combine
+from .writer import BatchRow, RunWriter
+
+__all__ = [
+    "BYTE_STREAMS", "DTYPES", "FILE_README", "INDEX_FIELDS", "REQUIRED", "RESUME_MUST_MATCH",
+    "RUN_IDENTITY", "SCHEMA", "SCHEMA_VERSION", "BatchRow", "CorruptRunError", "DiskFullError",
+    "Run", "RunWriter", "SchemaError", "ShardError", "UnsafeRunError", "WriteFailedError",
+    "check_contents", "check_dtype", "check_schema", "combine", "committed_on_disk",
+    "compression_args", "dataset_path", "decode_meta", "index_problem", "is_disk_full",
+    "is_write_failure", "open_file", "open_run", "read_attr", "unit_of", "utc_now",
+    "write_failed",
+]

@@ -1,0 +1,273 @@
+"""The one description of a run file: groups, datasets, dtypes, chunking and checksum options,
+attributes, what a consistent index satisfies, and the settings that make a run the run it is. Imports nothing from the other
+store modules (they all import it); it describes the file, it opens and writes nothing.
+
+Layout (schema ``probe.run`` version 1; README.md has a full h5py-only example)::
+
+    /                      attrs: provenance and settings (schema, versions, model, dtype, ...)
+    /state/n_done          int64 [1]   rows committed; only rows < n_done are valid
+    /state/complete        int8  [1]   1 once the run finished
+    /index/example         int64 [row] input index of each stored row (rows are in batch order)
+    /index/n_tokens        int32 [row]
+    /index/token_start     int64 [row] first token of the row, in token units
+    /index/square_start    int64 [row] first cell of the row, in n_tokens**2 units
+    /index/text_start, text_len, meta_start, meta_len   int64 [row]  byte ranges
+    /examples/text         uint8 [byte]  UTF-8 texts, concatenated
+    /examples/meta         uint8 [byte]  UTF-8 JSON objects (id and other input fields)
+    /tokens/input_ids      int32 [token] token ids, concatenated
+    /tokens/end            int64 [token] end byte of each token string in /tokens/text
+    /tokens/text           uint8 [byte]  UTF-8 token strings, concatenated
+    /blocks/{l}/attn/{c}   float [elem]  each row's [axes] array, C-order flattened, concatenated;
+                           attrs: axes, sizes (0 = n_tokens), unit ("token" or "square"),
+                           per_unit (elements per unit); row r starts at
+                           {unit}_start[r] * per_unit.
+
+Why this layout (measured, see README): ragged concatenation keeps files free of padding and
+makes one example one contiguous slice per tensor; fixed-type datasets are what HDF5's SWMR
+mode supports, and SWMR keeps the file consistent on disk at every moment, so a run killed at
+any point still opens, with every committed batch intact.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import h5py
+import numpy as np
+
+from .. import names
+from ..errors import InputError
+
+SCHEMA = "probe.run"
+SCHEMA_VERSION = 1
+CHUNK_ELEMENTS = 1 << 18  # at most 256 Ki elements a chunk: 512 KiB in float16, 1 MiB in float32
+MIN_CHUNK_ELEMENTS = 1 << 10
+TYPICAL_TOKENS = 32  # for sizing chunks before the lengths are known
+DTYPES = {"float32": np.float32, "float16": np.float16}
+
+#: the ``readme`` attribute of every run: how to read it with h5py alone
+FILE_README = """probe run file (schema probe.run, version 1). Read with h5py alone:
+  n = f['state/n_done'][0]                      # committed rows; ignore anything beyond
+  row = ...                                     # rows are in batch order; f['index/example'][row] is the input index
+  t0, L = f['index/token_start'][row], f['index/n_tokens'][row]
+  ds = f['blocks/3/attn/pattern']               # any key blocks.{l}.attn.{c} -> blocks/{l}/attn/{c}
+  s0 = f['index/' + ds.attrs['unit'] + '_start'][row] * ds.attrs['per_unit']
+  units = L if ds.attrs['unit'] == 'token' else L * L
+  x = ds[s0 : s0 + units * ds.attrs['per_unit']].reshape([s or L for s in ds.attrs['sizes']])
+  # axes of x: ds.attrs['axes']; value_weighted = pattern * value_norm[:, None, :]
+  text = f['examples/text'][a:a+m].tobytes().decode()   # a, m = index/text_start, index/text_len
+  ends = f['tokens/end'][t0-1 : t0+L] (prepend 0 when t0 == 0); token j = tokens/text[ends[j]:ends[j+1]]
+"""
+
+#: the run's state: two counters rewritten in place at every commit (so not checksummed)
+STATE = {"state/n_done": np.int64, "state/complete": np.int8}
+INDEX_FIELDS = ("example", "n_tokens", "token_start", "square_start", "text_start", "text_len",
+                "meta_start", "meta_len")
+BYTE_STREAMS = ("examples/text", "examples/meta", "tokens/text")
+#: every 1-D dataset a run has besides its tensors: path -> (dtype, chunk elements). Each is
+#: extensible and carries HDF5's fletcher32 checksum per chunk: a damaged chunk fails its
+#: read (and `probe verify`) instead of returning wrong numbers
+STREAMS = {
+    **{f"index/{name}": (np.int32 if name == "n_tokens" else np.int64, 1 << 11)
+       for name in INDEX_FIELDS},
+    **{name: (np.uint8, 1 << 13) for name in BYTE_STREAMS},
+    "tokens/input_ids": (np.int32, 1 << 12),
+    "tokens/end": (np.int64, 1 << 12),
+}
+#: datasets every run has (tensors are listed by the file's ``stored_keys``)
+REQUIRED = (*STATE, *STREAMS)
+#: the offset each index column holds, and the stream it points into (see ``index_ends``)
+OFFSETS = {"token_start": "token", "square_start": "square", "text_start": "examples/text",
+           "meta_start": "examples/meta"}
+
+#: The settings that make a run the run it is, one table for resume and combine:
+#: name -> True when every shard of one run shares it. A resume continues one file, so it
+#: must match all of them; ``combine`` joins the shards of one split, which by design differ
+#: in ``shard`` (K/N) and must agree in the rest.
+IDENTITY = {"model": True, "model_fingerprint": True, "keys": True, "stored_keys": True,
+            "dtype": True, "compression": True, "truncate": True, "batch_size": True,
+            "window": True, "input_sha256": True, "n_examples": True, "shard": False}
+#: what a resumed run must match
+RESUME_MUST_MATCH = tuple(IDENTITY)
+#: what every shard of one run shares
+RUN_IDENTITY = tuple(name for name, shared in IDENTITY.items() if shared)
+
+
+def differing_settings(have: dict, want: dict, settings) -> list[str]:
+    """The names in ``settings`` whose values differ between two runs' attributes (lists
+    compared as lists; an absent list attribute counts as empty).
+
+    >>> differing_settings({"dtype": "float16", "keys": ["a"]}, {"dtype": "float32", "keys": ("a",)},
+    ...                    ["dtype", "keys"])
+    ['dtype']
+    """
+    diffs = []
+    for name in settings:
+        a, b = have.get(name), want.get(name)
+        if isinstance(b, (list, tuple)):
+            a, b = list(a or []), list(b)
+        if a != b:
+            diffs.append(name)
+    return diffs
+
+
+def dataset_path(key: str) -> str:
+    """HDF5 path of a capture key.
+
+    >>> dataset_path("blocks.3.attn.q")
+    'blocks/3/attn/q'
+    """
+    layer, component = names.parse_key(key)
+    return f"blocks/{layer}/attn/{component}"
+
+
+def key_of(path: str) -> tuple[int, str]:
+    """``(layer, component)`` of a tensor dataset's path (the inverse of :func:`dataset_path`)."""
+    _, layer, _, component = path.split("/")
+    return int(layer), component
+
+
+def unit_of(component: str) -> str:
+    """``square`` for [head, query, key] tensors, ``token`` for the rest."""
+    axes = names.AXES[component]
+    return "square" if "query" in axes and "key" in axes else "token"
+
+
+def stored_keys(f: h5py.File) -> list[str]:
+    """The keys of the tensor datasets present in ``f``."""
+    keys = []
+    if "blocks" not in f:
+        return keys
+    for layer in f["blocks"]:
+        for component in f[f"blocks/{layer}/attn"]:
+            keys.append(names.key(int(layer), component))
+    return keys
+
+
+def compression_args(compression: str | None) -> dict:
+    """h5py keyword arguments for ``none``, ``lzf``, ``gzip`` or ``gzip-N``.
+
+    >>> compression_args("gzip-3")
+    {'compression': 'gzip', 'compression_opts': 3, 'shuffle': True}
+    """
+    if compression in (None, "", "none"):
+        return {}
+    if compression == "lzf":
+        return {"compression": "lzf"}
+    if compression.startswith("gzip"):
+        level = int(compression.split("-")[1]) if "-" in compression else 4
+        return {"compression": "gzip", "compression_opts": level, "shuffle": True}
+    raise InputError(f"unknown compression {compression!r}: use none, lzf, gzip or gzip-N (N=1..9)")
+
+
+def check_dtype(dtype: str) -> None:
+    if dtype not in DTYPES:
+        raise InputError(f"unknown dtype {dtype!r}: use {' or '.join(DTYPES)}")
+
+
+def tensor_options(component: str, sizes, *, dtype: str, compression: str | None,
+                   n_examples: int) -> dict:
+    """h5py ``create_dataset`` keywords of a new, empty tensor dataset. Chunks are sized for
+    about 64 chunks per dataset over ``n_examples`` examples, between 1 Ki and 256 Ki
+    elements, so small runs stay small and large ones read fast."""
+    per_example = per_unit_of(sizes) * TYPICAL_TOKENS ** (2 if unit_of(component) == "square" else 1)
+    chunk = 1 << int(np.ceil(np.log2(max(n_examples * per_example / 64, 1))))
+    chunk = int(np.clip(chunk, MIN_CHUNK_ELEMENTS, CHUNK_ELEMENTS))
+    return {"shape": (0,), "maxshape": (None,), "dtype": DTYPES[dtype], "chunks": (chunk,),
+            "fletcher32": True, **compression_args(compression)}
+
+
+def per_unit_of(sizes) -> int:
+    """Elements per unit of a tensor whose fixed axis sizes are ``sizes`` (0 = a token axis)."""
+    return int(np.prod([s for s in sizes if s]))
+
+
+def write_tensor_attrs(ds, component: str, sizes, per_unit: int) -> None:
+    """The attributes that say how to cut one example out of a tensor dataset."""
+    ds.attrs["axes"] = to_attr(list(names.AXES[component]))
+    ds.attrs["sizes"] = [int(x) for x in sizes]
+    ds.attrs["unit"] = unit_of(component)
+    ds.attrs["per_unit"] = int(per_unit)
+
+
+def tensor_attrs(ds) -> tuple[str, int, list[int]]:
+    """``(unit, per_unit, sizes)`` of a tensor dataset (see :func:`write_tensor_attrs`)."""
+    return (str(read_attr(ds.attrs["unit"])), int(ds.attrs["per_unit"]),
+            [int(x) for x in ds.attrs["sizes"]])
+
+
+def index_ends(last: dict) -> dict[str, int]:
+    """How far rows ending with the index row ``last`` reach: token and square units, and the
+    bytes of the text and metadata streams (``tokens/text`` needs ``/tokens/end``)."""
+    n = int(last["n_tokens"])
+    return {"token": int(last["token_start"]) + n, "square": int(last["square_start"]) + n * n,
+            "examples/text": int(last["text_start"]) + int(last["text_len"]),
+            "examples/meta": int(last["meta_start"]) + int(last["meta_len"])}
+
+
+def committed_extent(f, n_done: int) -> dict[str, int]:
+    """How far the committed rows reach: token and square units, and bytes of each stream."""
+    if n_done == 0:
+        return dict.fromkeys(("token", "square", *BYTE_STREAMS), 0)
+    extent = index_ends({name: int(f[f"index/{name}"][n_done - 1]) for name in INDEX_FIELDS})
+    tokens = extent["token"]
+    extent["tokens/text"] = int(f["tokens/end"][tokens - 1]) if tokens else 0
+    return extent
+
+
+def index_problem(index: dict, sizes: dict, *, first: dict | None = None) -> str | None:
+    """What is wrong with committed index rows (None when nothing): every offset must follow
+    from the previous row (the streams are concatenations) and stay within its stream.
+    ``first``: the offsets the first of these rows must start at (0 for a whole run)."""
+    n = index["n_tokens"].astype(np.int64)
+    if not len(n):
+        return None
+    first = first or dict.fromkeys(OFFSETS, 0)
+    if n.min() < 1:
+        return f"a row has {n.min()} tokens"
+    for name in ("example", "text_len", "meta_len"):
+        if index[name].min() < 0:
+            return f"/index/{name} holds a negative value"
+    for start, step in (("token_start", n), ("square_start", n * n),
+                        ("text_start", index["text_len"]), ("meta_start", index["meta_len"])):
+        expected = first[start] + np.concatenate([[0], np.cumsum(step.astype(np.int64))[:-1]])
+        bad = np.flatnonzero(index[start].astype(np.int64) != expected)
+        if len(bad):
+            return (f"/index/{start} of row {bad[0]} is {index[start][bad[0]]}, expected "
+                    f"{expected[bad[0]]}")
+    ends = index_ends({name: index[name][-1] for name in INDEX_FIELDS})
+    ends["tokens/input_ids"] = ends["tokens/end"] = ends["token"]
+    for name in ("examples/text", "examples/meta", "tokens/input_ids", "tokens/end"):
+        if name in sizes and ends[name] > sizes[name]:
+            return f"the rows reach element {ends[name]} of /{name}, which holds {sizes[name]}"
+    for key, size in sizes.items():
+        if isinstance(key, tuple) and ends[key[0]] > size:
+            return f"the rows reach {key[0]} {ends[key[0]]} of {key[1]}, which holds {size}"
+    return None
+
+
+def read_attr(value):
+    """An attribute as h5py returns it, as plain Python (str, list, int, float)."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    if isinstance(value, np.ndarray):
+        return [read_attr(v) for v in value.tolist()]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def to_attr(value):
+    """Attributes as h5py stores them: lists of strings become variable-length string arrays."""
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return np.array(list(value), dtype=h5py.string_dtype())
+    if value is None:
+        return ""
+    if isinstance(value, str):
+        return str(value)  # plain str: h5py cannot store str subclasses (e.g. TorchVersion)
+    return value
+
+
+def utc_now() -> str:
+    """The current UTC time, ISO 8601 to the second (the ``created`` attribute)."""
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,311 @@
+"""Writing run files: :class:`RunWriter` creates or reopens a run and appends batches of
+:class:`BatchRow`, each batch committed atomically; a write the OS refuses (a full disk)
+leaves every committed row intact and raises :class:`~probe.store.errors.WriteFailedError`.
+
+One job: put rows into the layout of :mod:`probe.store.layout`. Imports ``layout`` (what to
+write), ``files`` (opening, publishing, the writer lock) and ``errors``; never the reader.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import h5py
+import numpy as np
+
+from .. import names
+from ..captures import CapturedBatch
+from ..errors import ProbeError
+from ..lock import WriterLock
+from .errors import (WriteFailedError, close_after_failure, close_or_detach, detach,
+                     is_write_failure, quiet_failed_closes, write_failed)
+from .files import (acquire_lock, check_contents, check_schema, committed_on_disk, extend,
+                    open_file, publish)
+from .layout import (BYTE_STREAMS, DTYPES, INDEX_FIELDS, SCHEMA, SCHEMA_VERSION, STATE, STREAMS,
+                     check_dtype, committed_extent, dataset_path, per_unit_of, stored_keys,
+                     tensor_attrs, tensor_options, to_attr, write_tensor_attrs)
+
+@dataclass(frozen=True)
+class BatchRow:
+    """One example of a batch as a run stores it.
+
+    ``index``: its position in the input; ``tokens``: its token strings; ``input_ids``: their
+    ids (as many as ``tokens``); ``text``: the input text; ``meta``: a JSON-serialisable dict
+    (id and the other input fields).
+
+    >>> BatchRow(0, ["[CLS]", "hi"], [101, 7632], "hi", {"id": "a"}).n_tokens
+    2
+    """
+
+    index: int
+    tokens: Sequence[str]
+    input_ids: Sequence[int]
+    text: str
+    meta: dict
+
+    @property
+    def n_tokens(self) -> int:
+        return len(self.tokens)
+
+
+class RunWriter:
+    """Append batches of examples to a run file; each batch is committed atomically.
+
+    Commit protocol: write every dataset of the batch, flush, then advance
+    ``/state/n_done`` and flush again. The file is in SWMR mode, whose ordered metadata writes
+    keep it consistent on disk, so after a crash every row below ``n_done`` is intact.
+    """
+
+    def __init__(self, f: h5py.File, dtype: str, lock: WriterLock | None = None, path=None):
+        self.f = f
+        self.path = os.fspath(path) if path is not None else f.filename  # the run's final name
+        self.lock = lock  # held from creation or reopening until close()
+        self.failed: BaseException | None = None  # a write the OS refused; see _fail
+        self.dtype = DTYPES[dtype]
+        self._packer = _Packer(self.dtype)
+        self.n_done = int(f["state/n_done"][0])
+        self.stored_keys = sorted(stored_keys(f))
+        self.extent = committed_extent(f, self.n_done)  # where the next row goes, per stream
+        # handles and attributes looked up once: h5py lookups cost more than small writes
+        self._ds = {name: f[name] for name in [*STREAMS, "state/n_done"]}
+        self._key_ds = {}
+        for key in self.stored_keys:
+            ds = f[dataset_path(key)]
+            self._key_ds[key] = (ds, *tensor_attrs(ds)[:2])
+
+    @classmethod
+    def create(cls, path, attrs: dict, key_specs: dict, *, dtype: str, compression: str | None,
+               n_examples: int = 1 << 20):
+        """New file with every dataset created up front (SWMR allows no new objects later).
+
+        ``key_specs`` maps stored keys to their fixed sizes per axis (0 for the token axes);
+        chunks are sized from ``n_examples`` (see :func:`~probe.store.layout.tensor_options`).
+        The file is built under a temporary name and linked into place once in SWMR mode, so
+        a crash during creation never leaves a half-made run at ``path``.
+        """
+        check_dtype(dtype)
+        with quiet_failed_closes():
+            f, lock = _create_file(os.fspath(path), attrs, key_specs, dtype=dtype,
+                                   compression=compression, n_examples=n_examples)
+            return cls(f, dtype, lock, path=os.fspath(path))
+
+    @classmethod
+    def reopen(cls, path, *, dtype: str):
+        """Reopen an unfinished run for appending; rows past the last commit are dropped."""
+        lock = acquire_lock(path, committed=None)  # before anything touches the file
+        f = None
+        try:
+            f = open_file(path, writable=True)
+            check_schema(f, path)
+            check_contents(f, path)
+            writer = cls(f, dtype, lock, path=path)
+            _truncate(f, writer.n_done, writer.extent, writer._key_ds.values())
+            f.flush()
+            if not f.swmr_mode:
+                f.swmr_mode = True
+        except BaseException as err:
+            if _abandon(f, lock, err):
+                raise write_failed(err, path, committed_on_disk(path)) from None
+            raise
+        return writer
+
+    def done_examples(self) -> np.ndarray:
+        """Input indices of the committed rows."""
+        return self.f["index/example"][: self.n_done]
+
+    def append(self, rows: Sequence[BatchRow], packed) -> None:
+        """Write and commit one batch of :class:`BatchRow`.
+
+        ``packed`` is the batch's :class:`~probe.captures.CapturedBatch` (rows in the same
+        order), or a mapping ``key -> the rows' arrays of that key flattened and concatenated
+        in row order`` (what :meth:`~probe.captures.CapturedBatch.packed` returns); see
+        :class:`_Packer` for how a batch is packed.
+        """
+        if self.failed is not None:
+            raise ProbeError(f"{self.path}: an earlier write failed; close this writer and "
+                             "resume the run")
+        with self._refused_writes():
+            n, streams = encode_rows(rows, self.extent)
+            for key in self.stored_keys:
+                ds, unit, per_unit = self._key_ds[key]
+                units = n.sum() if unit == "token" else (n * n).sum()
+                extend(ds, self._packer.pack(key, packed, units * per_unit))
+            for name, data in streams.items():
+                extend(self._ds[name], data)
+            self.f.flush()
+            # commit: only now does the batch count (the counter moves once the commit is on disk)
+            self._ds["state/n_done"][0] = self.n_done + len(rows)
+            self.f.flush()
+            self.n_done += len(rows)
+            self.extent["token"] += int(n.sum())
+            self.extent["square"] += int((n * n).sum())
+            for name in BYTE_STREAMS:
+                self.extent[name] += streams[name].shape[0]
+
+    @contextlib.contextmanager
+    def _refused_writes(self):
+        """Turn a write the OS refuses into :meth:`_fail`'s error; other errors pass."""
+        try:
+            yield
+        except (OSError, RuntimeError) as err:
+            if not is_write_failure(err):
+                raise
+            raise self._fail(err) from None
+
+    def _fail(self, err: BaseException) -> WriteFailedError:
+        """Remember a write the OS refused, detach the file (see
+        :func:`~probe.store.errors.detach`) and return the error to raise. The row count on
+        disk is read back after close (a failed commit flush may or may not have landed)."""
+        self.failed = err
+        detach(self.f)
+        return write_failed(err, self.path, self.n_done)
+
+    def finish(self) -> None:
+        with self._refused_writes():
+            self.f["state/complete"][0] = 1
+            self.f.flush()
+
+    def close(self) -> None:
+        try:
+            if self.failed is not None:
+                close_after_failure(self.f)
+            elif self.f.id.valid:
+                try:
+                    self.f.close()
+                except (OSError, RuntimeError) as err:  # the closing flush hit a full disk
+                    if not is_write_failure(err):
+                        raise
+                    self._fail(err)
+                    close_after_failure(self.f)
+                    raise write_failed(err, self.path, committed_on_disk(self.path)) from None
+        finally:
+            if self.lock is not None:
+                self.lock.release()
+
+
+class _Packer:
+    """One copy per key and batch: each key of a :class:`~probe.captures.CapturedBatch` is
+    packed (cast and unpadded) into a buffer reused for every key and batch, and that buffer
+    is what HDF5 writes from, so a batch allocates nothing."""
+
+    def __init__(self, dtype):
+        self.dtype = dtype
+        self._buffer: np.ndarray | None = None
+
+    def pack(self, key: str, packed, size: int) -> np.ndarray:
+        """The ``size`` values of ``key`` in the writer's dtype, from a batch or a mapping."""
+        if isinstance(packed, CapturedBatch):
+            data = packed.packed(key, self.dtype, out=self._scratch(packed.packed_size(key)))
+        else:
+            data = packed[key]
+        if data.shape != (size,):
+            raise ProbeError(f"{key}: got {data.shape[0]} values for a batch that needs {size}")
+        return data.astype(self.dtype, copy=False)
+
+    def _scratch(self, size: int) -> np.ndarray:
+        """The reused buffer, grown (by half again, to grow rarely) when too small."""
+        buf = self._buffer
+        if buf is None or buf.shape[0] < size:
+            grown = int(1.5 * buf.shape[0]) if buf is not None else 0
+            buf = self._buffer = np.empty(max(size, grown), self.dtype)
+        return buf
+
+
+def _create_file(final: str, attrs: dict, key_specs: dict, **options):
+    """``(file, lock)`` of a new run at ``final``: built at a temporary name, put in SWMR mode,
+    then linked into place; on failure nothing is left and the lock is released."""
+    tmp = f"{final}.creating-{os.getpid()}"
+    lock = acquire_lock(final, committed=0)
+    f = None
+    try:
+        f = h5py.File(tmp, "w-", libver="latest")
+        _fill_new(f, attrs, key_specs, **options)
+        f.flush()
+        f.swmr_mode = True
+        publish(tmp, final)
+    except BaseException as err:
+        if _abandon(f, lock, err, tmp):
+            raise write_failed(err, final, 0) from None
+        raise
+    return f, lock
+
+
+def _truncate(f: h5py.File, n_done: int, extent: dict, tensors) -> None:
+    """Drop what lies past the last commit (rows of a batch a killed writer left unfinished).
+    ``tensors``: ``(dataset, unit, per_unit)`` of every tensor."""
+    ends = {**{f"index/{name}": n_done for name in INDEX_FIELDS},
+            **{name: extent[name] for name in BYTE_STREAMS},
+            "tokens/input_ids": extent["token"], "tokens/end": extent["token"]}
+    for name, end in ends.items():
+        f[name].resize((end,))
+    for ds, unit, per_unit in tensors:
+        ds.resize((extent[unit] * per_unit,))
+
+
+def _fill_new(f: h5py.File, attrs: dict, key_specs: dict, *, dtype: str,
+              compression: str | None, n_examples: int) -> None:
+    """Every attribute and (empty) dataset of a new run, as :mod:`~probe.store.layout` says."""
+    for k, v in attrs.items():
+        f.attrs[k] = to_attr(v)
+    f.attrs["run_id"] = uuid.uuid4().hex  # what a combined run checks its shards by
+    f.attrs["schema"] = SCHEMA
+    f.attrs["schema_version"] = SCHEMA_VERSION
+    for name, kind in STATE.items():
+        f.create_dataset(name, data=np.zeros(1, kind))
+    for name, (kind, chunk) in STREAMS.items():
+        f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=kind, chunks=(chunk,),
+                         fletcher32=True)
+    for key, sizes in key_specs.items():
+        _, component = names.parse_key(key)
+        ds = f.create_dataset(dataset_path(key), **tensor_options(
+            component, sizes, dtype=dtype, compression=compression, n_examples=n_examples))
+        write_tensor_attrs(ds, component, sizes, per_unit_of(sizes))
+
+
+def _abandon(f, lock: WriterLock, err: BaseException, tmp: str | None = None) -> bool:
+    """Undo a create or reopen that ``err`` stopped: close the file (detached after a refused
+    write), remove the temporary file, release the lock. Returns whether ``err`` was a
+    refused write (the caller raises :func:`~probe.store.errors.write_failed`)."""
+    failure = close_or_detach(f, err)
+    if tmp is not None and os.path.exists(tmp):
+        os.unlink(tmp)
+    lock.release()
+    return failure
+
+
+def encode_rows(rows: Sequence[BatchRow], extent: dict) -> tuple[np.ndarray, dict]:
+    """The token counts of ``rows`` and what they append to every non-tensor dataset, for
+    rows that start where ``extent`` (token and square units, bytes per stream) points."""
+    n = np.array([r.n_tokens for r in rows], np.int64)
+    texts = [r.text.encode("utf-8") for r in rows]
+    metas = [json.dumps(r.meta, ensure_ascii=False, default=str).encode("utf-8") for r in rows]
+    token_strings = [t.encode("utf-8") for r in rows for t in r.tokens]
+    token_end = extent["tokens/text"] + np.cumsum([len(t) for t in token_strings])
+    streams = {
+        "tokens/input_ids": np.concatenate([np.asarray(r.input_ids, np.int32) for r in rows]),
+        "tokens/end": token_end.astype(np.int64),
+        "tokens/text": np.frombuffer(b"".join(token_strings), np.uint8),
+        "examples/text": np.frombuffer(b"".join(texts), np.uint8),
+        "examples/meta": np.frombuffer(b"".join(metas), np.uint8),
+    }
+    index = {"example": [r.index for r in rows], "n_tokens": n,
+             "token_start": extent["token"] + _starts(n),
+             "square_start": extent["square"] + _starts(n * n),
+             "text_start": extent["examples/text"] + _starts([len(t) for t in texts]),
+             "text_len": [len(t) for t in texts],
+             "meta_start": extent["examples/meta"] + _starts([len(m) for m in metas]),
+             "meta_len": [len(m) for m in metas]}
+    for name in INDEX_FIELDS:
+        streams[f"index/{name}"] = np.asarray(index[name], dtype=STREAMS[f"index/{name}"][0])
+    return n, streams
+
+
+def _starts(lengths) -> np.ndarray:
+    """Where each of consecutive pieces of these lengths starts (0 for the first)."""
+    lengths = np.asarray(lengths, np.int64)
+    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
