@@ -278,7 +278,7 @@ def open_run(path, *, layers=None, components=None) -> Run:
     >>> model, tokenizer = load_model()
     >>> path = os.path.join(tempfile.mkdtemp(), "run.h5")
     >>> with AttentionProbe(model, tokenizer, keys=["pattern"]) as p:
-    ...     run = p.run(["A robin is a bird.", "A robin is not a bird."], out=path)
+    ...     run = p.run_to_file(["A robin is a bird.", "A robin is not a bird."], path)
     >>> run.close()
     >>> with open_run(path) as run:
     ...     run[1].tokens[4], run[1]["blocks.3.attn.pattern"].shape
