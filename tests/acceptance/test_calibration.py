@@ -68,8 +68,8 @@ def test_null_of_two_neutral_insertions_finds_almost_nothing(minilm):
     assert all(s <= 0.05 for s in shares.values()), shares
 
     # Heads share one random assignment, so one draw is one sample: average over many. Swapping
-    # the two sides of a pair negates its difference from the control exactly (proven below on
-    # a recapture), so other assignments are sign flips of whole clusters.
+    # the two sides of a pair negates its difference from the control (proven below on a
+    # recapture, up to float32 rounding), so other assignments are sign flips of whole clusters.
     swapped = [Pair(p.id, p.original, p.control, kind=p.kind, control=p.counterfactual,
                     cue=_inserted(p.control, p.original), cluster=p.cluster) for p in pairs[:24]]
     texts, metas = pair_texts(plan_pairs(swapped, controls="field"))
@@ -77,8 +77,10 @@ def test_null_of_two_neutral_insertions_finds_almost_nothing(minilm):
         back = pair_tables(probe.run(texts, meta=metas))["pairs"]
     for metric in METRICS:
         did = table.values[metric][:24] - table.control[metric][:24]
-        np.testing.assert_allclose(back.values[metric] - back.control[metric], -did, atol=1e-9,
-                                   err_msg=metric)
+        # the recapture batches the texts differently, and CPU kernels round a row differently
+        # by the padded width of its batch (about 1e-6 here): equal up to float32 rounding
+        np.testing.assert_allclose(back.values[metric] - back.control[metric], -did, atol=2e-5,
+                                   rtol=0, err_msg=metric)
     used = table.used
     clusters, kinds = table.clusters[used], table.kinds[used]
     labels = sorted(set(clusters))
