@@ -31,7 +31,9 @@ class Run(KeyedSequence):
 
     ``run[i]`` is the i-th committed example in input order (``ex.index`` is its input
     index); tensors are read from disk when indexed and returned as float32 numpy arrays
-    (stored float16 is widened). Use as a context manager or call :meth:`close`.
+    (stored float16 is widened, stored bfloat16 bit patterns decoded exactly). ``run.heads``
+    and ``run.kv_heads`` map each layer to the model heads its head axes hold (a run captured
+    with a head selection holds only those). Use as a context manager or call :meth:`close`.
     """
 
     def __init__(self, path, *, layers=None, components=None):
