@@ -205,8 +205,8 @@ def parse_heads(spec, n_layers: int, n_heads=None) -> dict[int, tuple[int, ...]]
     from the end. ``n_heads``: the number of query heads of a layer (an int, a function of
     the layer, or None when unknown: heads are then checked at capture time; ``*`` needs it).
 
-    >>> parse_heads("3.7,5.*,3.1", n_layers=6, n_heads=4)
-    {3: (1, 7), 5: (0, 1, 2, 3)}
+    >>> parse_heads("3.7,5.*,3.1", n_layers=6, n_heads=8)
+    {3: (1, 7), 5: (0, 1, 2, 3, 4, 5, 6, 7)}
     """
     if spec is None:
         return {}
