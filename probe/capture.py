@@ -26,6 +26,8 @@ are their shortcuts.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from . import names
@@ -80,21 +82,25 @@ def _probe_attention(module, query, key, value, attention_mask, scaling=None, dr
 REGISTRY.define(BACKEND, _probe_attention)
 
 
-def select_keys(layers, chosen_layers, keys) -> tuple[list[str], dict[int, frozenset]]:
+def select_keys(layers, chosen_layers, keys, heads=None) -> tuple[list[str], dict[int, frozenset]]:
     """The keys a probe exposes, and per layer the components it must capture for them.
 
     ``layers``: the model's :class:`~probe.architectures.AttentionLayer` list; ``chosen_layers``
-    and ``keys`` as given to :class:`AttentionProbe`.
+    and ``keys`` as given to :class:`AttentionProbe`; ``heads``: the parsed head selection
+    (:func:`probe.names.parse_heads`), whose layers are captured too (only they, when
+    ``chosen_layers`` is None).
     """
     n = len(layers)
+    heads = heads or {}
     if chosen_layers is None:
-        chosen = list(range(n))
+        chosen = sorted(heads) if heads else list(range(n))
     else:
         chosen = []
         for layer in ([chosen_layers] if isinstance(chosen_layers, int) else chosen_layers):
             if not -n <= int(layer) < n:
                 raise InputError(f"layer {layer} does not exist: the model has layers 0..{n - 1}")
             chosen.append(int(layer) % n)
+        chosen += [layer for layer in heads if layer not in chosen]
     pairs = []
     # `sink` by default only for models with learned sinks (zeros elsewhere: no information)
     has_sinks = any(getattr(layer.module, "sinks", None) is not None for layer in layers)
@@ -123,6 +129,18 @@ def select_keys(layers, chosen_layers, keys) -> tuple[list[str], dict[int, froze
     return exposed, {layer: frozenset(cs) for layer, cs in plan.items()}
 
 
+def heads_per_layer(model) -> int | None:
+    """The number of query heads of the model's attention layers, from its config (None when
+    the config does not say; heads are then checked at capture time)."""
+    config = model.config
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    for name in ("num_attention_heads", "n_head", "n_heads", "encoder_attention_heads"):
+        value = getattr(text, name, None)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    return None
+
+
 class AttentionProbe:
     """Capture Q, K, V, scores, pattern, z and value-weighted attention per layer and head.
 
@@ -134,6 +152,13 @@ class AttentionProbe:
     keys: what to capture: component names (``"pattern"``, ``"q"``, ...; see
         :data:`probe.names.COMPONENTS`) applied to every chosen layer, and/or full keys such as
         ``"blocks.3.attn.z"``. Default: every component.
+    heads: capture only some heads of some layers: ``"3.7,5.*"`` (LAYER.HEAD, ``*`` for every
+        head), a list of such items or ``{layer: [heads]}``. A layer named here is captured
+        (added to ``layers``) with only these query heads; other chosen layers keep every head.
+        Per-head components (q, scores, pattern, z, value_norm, value_weighted, sink) keep the
+        selected heads in ascending order; k and v keep the key/value heads those heads read
+        (grouped-query: ``h // (n_heads // n_kv_heads)``). ``capture.heads[layer]`` (and
+        ``kv_heads``) say which head each position of the head axis holds.
 
     Use it as a context manager; hooks exist only inside the ``with`` block. Inside, call
     :meth:`capture_ids` on token id rows, :meth:`run` on texts (a Capture in memory) or
@@ -142,12 +167,15 @@ class AttentionProbe:
     using the call's 2D ``attention_mask``).
     """
 
-    def __init__(self, model, tokenizer=None, *, layers=None, keys=None):
+    def __init__(self, model, tokenizer=None, *, layers=None, keys=None, heads=None):
         self.model = model
         self.tokenizer = tokenizer
         self.layers = attention_layers(model)  # raises UnsupportedModelError early
-        self.exposed_keys, self._plan = select_keys(self.layers, layers, keys)
-        self._recorder = Recorder(self.layers, self._plan, self.exposed_keys, tokenizer)
+        #: the head selection, ``{layer: query heads}`` (empty: every head of every layer)
+        self.heads = names.parse_heads(heads, len(self.layers), heads_per_layer(model))
+        self.exposed_keys, self._plan = select_keys(self.layers, layers, keys, self.heads)
+        self._recorder = Recorder(self.layers, self._plan, self.exposed_keys, tokenizer,
+                                  heads=self.heads)
         self._handles = []
         self._attached = False
         self._original_impl = None
@@ -279,15 +307,36 @@ class AttentionProbe:
             self.model.train(was_training)
         return self.captures.pop()
 
+    @contextlib.contextmanager
+    def selecting_heads(self, heads):
+        """Inside the block, capture only ``heads`` (as the ``heads`` argument of the probe)
+        of layers this probe captures; ``None`` keeps the probe's own selection."""
+        if heads is None:
+            yield self
+            return
+        chosen = names.parse_heads(heads, len(self.layers), heads_per_layer(self.model))
+        outside = sorted(set(chosen) - set(self._plan))
+        if outside:
+            raise InputError(f"heads: layers {outside} are not captured by this probe (it "
+                             f"captures layers {sorted(self._plan)}); give heads= (or layers=) "
+                             "to AttentionProbe to capture them")
+        before = self.heads
+        self.heads = self._recorder.heads = chosen
+        try:
+            yield self
+        finally:
+            self.heads = self._recorder.heads = before
+
     def run(self, texts, batch_size: int = 32, *, truncate: bool = False, meta=None,
-            ids=None, **refused) -> Capture:
+            ids=None, heads=None, **refused) -> Capture:
         """Capture ``texts`` in memory: one :class:`~probe.captures.Example` per text, in
         input order (:func:`probe.batching.capture_texts`).
 
         Texts are batched by length (less padding) and right-padded; the model runs in eval
         mode under ``torch.inference_mode`` without a key/value cache. A text longer than the
         model's maximum is refused unless ``truncate=True``. ``meta`` (one dict per text) and
-        ``ids`` are attached to the examples. To write to a file, use :meth:`run_to_file`.
+        ``ids`` are attached to the examples. ``heads`` narrows the probe's head selection
+        for this call (see :class:`AttentionProbe`). To write to a file, use :meth:`run_to_file`.
         """
         if refused.get("out", 1) is None:
             del refused["out"]  # out=None meant "in memory" before run_to_file existed
@@ -296,15 +345,18 @@ class AttentionProbe:
         self._require_attached("run()")
         from .batching import capture_texts
 
-        return capture_texts(self, texts, batch_size, truncate=truncate, meta=meta, ids=ids)
+        with self.selecting_heads(heads):
+            return capture_texts(self, texts, batch_size, truncate=truncate, meta=meta, ids=ids)
 
     def run_to_file(self, texts, out, batch_size: int = 32, *, truncate: bool = False,
-                    meta=None, ids=None, **store_options):
+                    meta=None, ids=None, heads=None, **store_options):
         """Capture ``texts`` into the HDF5 run file ``out``; returns the opened
         :class:`~probe.store.Run` (close it, or use it in a ``with`` block).
 
         ``store_options`` are those of :func:`probe.runner.capture_to_file` (dtype,
-        compression, resume, window, progress, queue_batches, shard).
+        compression, resume, window, progress, queue_batches, shard). ``heads`` narrows the
+        probe's head selection for this run (part of the run's identity: a resume must give
+        the same).
         """
         self._require_attached("run_to_file()")
         if self.tokenizer is None:
@@ -314,8 +366,9 @@ class AttentionProbe:
 
         texts = [texts] if isinstance(texts, str) else texts
         records = list(records_from_texts(texts, meta, ids))
-        return capture_to_file(self, lambda: iter(records), out, batch_size=batch_size,
-                               truncate=truncate, **store_options)
+        with self.selecting_heads(heads):
+            return capture_to_file(self, lambda: iter(records), out, batch_size=batch_size,
+                                   truncate=truncate, **store_options)
 
     def _require_attached(self, what: str = "run()"):
         if not self._attached:

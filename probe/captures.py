@@ -37,8 +37,11 @@ class Example(Mapping):
     """
 
     def __init__(self, tokens, keys: Sequence[str], getter, *, text=None, input_ids=None,
-                 meta=None, index=None):
+                 meta=None, index=None, head_map=None):
         self.tokens: list[str] | None = tokens
+        #: per layer, ``(query heads, kv heads)`` that the head and kv_head axes hold
+        #: (see :attr:`heads`); empty when unknown
+        self.head_map: dict = dict(head_map or {})
         self.text: str | None = text
         self.input_ids: np.ndarray | None = input_ids
         self.meta: dict = dict(meta or {})
@@ -72,7 +75,19 @@ class Example(Mapping):
     def narrowed(self, keys) -> Example:
         """The same example exposing only ``keys``."""
         return Example(self.tokens, keys, self._get, text=self.text, input_ids=self.input_ids,
-                       meta=self.meta, index=self.index)
+                       meta=self.meta, index=self.index, head_map=self.head_map)
+
+    @property
+    def heads(self) -> dict[int, list[int]]:
+        """Per layer, the model's head index at each position of the ``head`` axis (every head,
+        ``[0, 1, ...]``, unless the capture selected heads)."""
+        return {layer: list(h) for layer, (h, _) in self.head_map.items()}
+
+    @property
+    def kv_heads(self) -> dict[int, list[int]]:
+        """Per layer, the model's key/value head index at each position of the ``kv_head`` axis
+        (of k and v)."""
+        return {layer: list(kv) for layer, (_, kv) in self.head_map.items()}
 
     @property
     def n_tokens(self) -> int:
@@ -92,8 +107,9 @@ class CapturedBatch:
     """
 
     def __init__(self, arrays: dict[str, np.ndarray], spans, tokens, *, keys=None,
-                 input_ids=None, meta=None):
+                 input_ids=None, meta=None, head_map=None):
         self.arrays = arrays
+        self.head_map = dict(head_map or {})  # see Example.head_map
         self.spans = [(int(a), int(b)) for a, b in spans]
         self.tokens = tokens
         self.keys = tuple(keys) if keys is not None else tuple(arrays)
@@ -122,7 +138,9 @@ class CapturedBatch:
         by one ``torch.Tensor.copy_`` straight into its place in the result (torch releases the GIL for the copy, so a writer
         thread packing one batch overlaps the next forward pass). ``out``, a 1-D buffer of
         ``dtype`` holding at least :meth:`packed_size` values, is filled instead of a new
-        array, and its first :meth:`packed_size` values are returned.
+        array, and its first :meth:`packed_size` values are returned. ``dtype="bfloat16"``
+        (which numpy lacks) gives uint16 holding each value's bfloat16 bit pattern, rounded as
+        ``torch.Tensor.to(torch.bfloat16)`` rounds.
 
         >>> b = CapturedBatch({"blocks.0.attn.pattern": np.arange(2 * 1 * 3 * 3.).reshape(2, 1, 3, 3)},
         ...                   spans=[(0, 2), (0, 3)], tokens=None)
@@ -133,7 +151,8 @@ class CapturedBatch:
 
         _, component = names.parse_key(key)
         total = self.packed_size(key)
-        dtype = np.dtype(dtype)
+        bfloat16 = isinstance(dtype, str) and dtype == "bfloat16"
+        dtype = np.dtype(np.uint16 if bfloat16 else dtype)
         if out is None:
             out = np.empty(total, dtype)
         elif out.dtype != dtype or out.ndim != 1 or out.shape[0] < total:
@@ -142,6 +161,8 @@ class CapturedBatch:
         out = out[:total]
         source = torch.from_numpy(self.arrays[key])
         target = torch.from_numpy(out)
+        if bfloat16:  # the same bits, seen as bfloat16: copy_ casts into them
+            target = target.view(torch.bfloat16)
         at, row = 0, 0
         while row < len(self.spans):
             # consecutive rows with the same span (common: batches are sorted by length) are
@@ -168,7 +189,7 @@ class CapturedBatch:
             self.tokens[row] if self.tokens is not None else None, self.keys, get,
             input_ids=ids,
             meta=None if self.meta is None else self.meta[row],
-            index=index,
+            index=index, head_map=self.head_map,
         )
 
 
@@ -194,6 +215,21 @@ class KeyedSequence(Sequence):
         present = {names.parse_key(k)[1] for k in self.keys}
         return tuple(c for c in names.COMPONENTS if c in present)
 
+    #: per layer, ``(query heads, kv heads)`` held by the head axes (see Example.heads)
+    head_map: dict = {}
+
+    @property
+    def heads(self) -> dict[int, list[int]]:
+        """Per layer (of this view), the model's head index at each position of the ``head``
+        axis: ``capture.heads[3] == [7]`` after capturing with ``heads="3.7"``."""
+        return {layer: list(h) for layer, (h, _) in self.head_map.items() if layer in self.layers}
+
+    @property
+    def kv_heads(self) -> dict[int, list[int]]:
+        """Per layer, the model's key/value head index at each position of the ``kv_head`` axis."""
+        return {layer: list(kv) for layer, (_, kv) in self.head_map.items()
+                if layer in self.layers}
+
     def _repr_html_(self) -> str:
         """In a notebook: a one-line summary, then the interactive view of example 0."""
         import html
@@ -214,9 +250,14 @@ class Capture(KeyedSequence):
     may be a lazy sequence (a stored run): nothing is read until an example is indexed.
     """
 
-    def __init__(self, examples: Sequence[Example], keys: Sequence[str], batch=None):
+    def __init__(self, examples: Sequence[Example], keys: Sequence[str], batch=None,
+                 head_map=None):
         self._examples = examples
         self.keys: tuple[str, ...] = tuple(keys)
+        if head_map is None:  # what the examples know (every example of a run shares it)
+            head_map = batch.head_map if batch is not None else (
+                examples[0].head_map if len(examples) else {})
+        self.head_map = dict(head_map)
         #: the CapturedBatch behind a capture of one forward call (None otherwise)
         self.batch: CapturedBatch | None = batch
 
@@ -225,7 +266,7 @@ class Capture(KeyedSequence):
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return Capture(list(self._examples[i]), self.keys)
+            return Capture(list(self._examples[i]), self.keys, head_map=self.head_map)
         ex = self._examples[i]
         return ex if ex._keys == self.keys else ex.narrowed(self.keys)
 
@@ -250,7 +291,7 @@ class Capture(KeyedSequence):
                 f"components {sorted(comps)}; it holds layers {list(self.layers)} and "
                 f"components {list(self.components)}"
             )
-        return Capture(self._examples, wanted)
+        return Capture(self._examples, wanted, head_map=self.head_map)
 
     def __repr__(self) -> str:
         return (f"Capture({len(self)} examples, layers {list(self.layers)}, "

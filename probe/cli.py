@@ -43,8 +43,9 @@ def _summary(capture, out=sys.stdout) -> None:
             ent = mean_row_entropy(pattern).mean()
             first = first_token_attention(pattern)
             top = int(np.argmax(first))
+            head = capture.heads.get(layer, list(range(len(first))))[top]  # selected heads
             print(f"    layer {layer}: entropy {ent:.2f} ({np.log(n):.2f}) | first token "
-                  f"{first.mean():.2f} (max head {top}: {first[top]:.2f})", file=out)
+                  f"{first.mean():.2f} (max head {head}: {first[top]:.2f})", file=out)
 
 
 def parse_layers(text: str | None) -> list[int] | None:
@@ -77,7 +78,7 @@ def cmd_capture(args) -> int:
     if args.out is None:
         records = list(iter_records(path))
         model, tokenizer = load_model(args.model, device=args.device)
-        with AttentionProbe(model, tokenizer, layers=layers, keys=keys) as p:
+        with AttentionProbe(model, tokenizer, layers=layers, keys=keys, heads=args.heads) as p:
             capture = p.run([r.text for r in records], batch_size=args.batch_size,
                             truncate=args.truncate, meta=[r.meta for r in records])
         _summary(capture)
@@ -104,7 +105,7 @@ def cmd_capture(args) -> int:
         raise ProbeError(f"{out} already exists; pass --resume to continue it, or choose "
                          "another --out (probe never overwrites a run)")
     model, tokenizer = load_model(args.model, device=device)
-    with AttentionProbe(model, tokenizer, layers=layers, keys=keys) as p:
+    with AttentionProbe(model, tokenizer, layers=layers, keys=keys, heads=args.heads) as p:
         run = capture_to_file(p, lambda: iter_records(path), out, batch_size=args.batch_size,
                               dtype=args.dtype, compression=args.compression,
                               resume=args.resume, truncate=args.truncate, window=args.window,
@@ -370,9 +371,14 @@ def build_parser() -> argparse.ArgumentParser:
                      help="hub name or local folder (default: bundled all-MiniLM-L6-v2)")
     cap.add_argument("--layers", help="comma-separated layer indices (default: all)")
     cap.add_argument("--keys", help="comma-separated components or full keys (default: all)")
+    cap.add_argument("--heads", help="capture only these heads: comma-separated LAYER.HEAD, "
+                     "HEAD * for every head of the layer (e.g. 3.7,5.*); a layer named here "
+                     "keeps only its listed heads (k, v: the key/value heads they read) and is "
+                     "captured even if --layers omits it; without --layers only these layers")
     cap.add_argument("--batch-size", type=int, default=32)
-    cap.add_argument("--dtype", choices=["float32", "float16"], default="float32",
-                     help="floating type on disk (default float32)")
+    cap.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32",
+                     help="floating type on disk (default float32); bfloat16 is stored as "
+                     "uint16 bit patterns (dataset attribute stored_dtype) and read back as float32")
     cap.add_argument("--compression", default="none",
                      help="none (default), lzf, gzip or gzip-N; activations barely compress")
     cap.add_argument("--device", default="cpu")
@@ -405,7 +411,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="hub name or local folder (default: bundled all-MiniLM-L6-v2)")
             sp.add_argument("--batch-size", type=int, default=32)
             sp.add_argument("--device", default="cpu")
-            sp.add_argument("--dtype", choices=["float32", "float16"], default="float32")
+            sp.add_argument("--dtype", choices=["float32", "float16", "bfloat16"], default="float32")
             sp.add_argument("--resume", action="store_true", help="continue an interrupted capture")
             sp.add_argument("--quiet", action="store_true", help="no progress bar")
 

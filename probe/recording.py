@@ -50,6 +50,15 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.cpu().numpy()
 
 
+def _picker(heads, n: int, device):
+    """``f(tensor)``: the tensor's head axis (dim 1) cut to ``heads``; the tensor itself when
+    ``heads`` is every head in order."""
+    if tuple(heads) == tuple(range(n)):
+        return lambda t: t
+    index = torch.tensor(heads, dtype=torch.long, device=device)
+    return lambda t: t.index_select(1, index.to(t.device))
+
+
 class ValueNormFactors:
     """Per layer, :func:`~probe.attention.value_norm_factor` of its W_O, recomputed only when
     W_O changes.
@@ -99,8 +108,12 @@ class Recorder:
     :meth:`record` is called by the attention backend once per layer.
     """
 
-    def __init__(self, layers, plan: dict, keys, tokenizer=None):
+    def __init__(self, layers, plan: dict, keys, tokenizer=None, heads=None):
         self.layers, self.plan, self.keys, self.tokenizer = layers, plan, tuple(keys), tokenizer
+        #: ``{layer: query heads}`` to keep (layers absent: every head)
+        self.heads = dict(heads or {})
+        #: per captured layer, ``(query heads, kv heads)`` its head axes hold (seen at capture)
+        self.head_map: dict[int, tuple[tuple[int, ...], tuple[int, ...]]] = {}
         self.captures: list[Capture] = []
         self.layer_facts: dict[int, dict] = {}
         self._pending: dict[int, dict[str, torch.Tensor]] = {}
@@ -140,16 +153,38 @@ class Recorder:
                 "(a key/value cache is in use); probe captures full forward passes only: call "
                 "the model with use_cache=False and without past_key_values"
             )
-        got = {"q": query, "k": key, "v": value, "scores": scores, "pattern": pattern, "z": z}
-        got = {c: t for c, t in got.items() if c in wanted}  # in names.COMPONENTS order
+        n_heads, n_kv = query.shape[1], key.shape[1]
+        heads, kv_heads = self._head_axes(layer.index, n_heads, n_kv)
+        # per-head tensors keep only the selected heads (a copy of those heads alone: the full
+        # tensors the backend made for the model are not kept); k and v the kv heads they read
+        pick = _picker(heads, n_heads, query.device)
+        pick_kv = _picker(kv_heads, n_kv, query.device)
+        got = {name: cut(tensor) for name, tensor, cut in (
+            ("q", query, pick), ("k", key, pick_kv), ("v", value, pick_kv),
+            ("scores", scores, pick), ("pattern", pattern, pick), ("z", z, pick))
+            if name in wanted}
         if "scores" in got and mask is not None:
-            got["scores"] = self._fill_masked(scores, mask)
+            got["scores"] = self._fill_masked(got["scores"], mask)
         if "value_norm" in wanted:
-            factor = self._factors.get(layer, query.shape[1], value.shape[-1], value)
-            got["value_norm"] = value_norms_with(value.detach(), factor)
+            factor = self._factors.get(layer, n_heads, value.shape[-1], value)
+            got["value_norm"] = pick(value_norms_with(value.detach(), factor))
         if "sink" in wanted:
-            got["sink"] = sink if sink is not None else pattern.new_zeros(pattern.shape[:-1])
+            got["sink"] = pick(sink) if sink is not None else pattern.new_zeros(
+                (pattern.shape[0], len(heads), pattern.shape[2]))
+        got = {c: got[c] for c in names.COMPONENTS if c in got}
         self._pending[layer.index] = {c: t.detach() for c, t in got.items()}
+
+    def _head_axes(self, index: int, n_heads: int, n_kv: int):
+        """``(query heads, kv heads)`` layer ``index`` keeps, checked against the call's sizes."""
+        heads = self.heads.get(index)
+        if heads is None:
+            heads = tuple(range(n_heads))
+        elif heads and heads[-1] >= n_heads:
+            raise InputError(f"head {heads[-1]} of layer {index} does not exist: the layer has "
+                             f"heads 0..{n_heads - 1}")
+        kv_heads = names.kv_heads_of(heads, n_heads, n_kv)
+        self.head_map[index] = (tuple(heads), kv_heads)
+        return heads, kv_heads
 
     def _fill_masked(self, scores, mask):
         """Scores with masked entries set to -inf, in place: after the softmax the backend's
@@ -191,7 +226,9 @@ class Recorder:
         if ids is not None and self.tokenizer is not None:
             tokens = [self.tokenizer.convert_ids_to_tokens(ids[row, a:b].tolist())
                       for row, (a, b) in enumerate(spans)]
-        batch_capture = CapturedBatch(arrays, spans, tokens, keys=self.keys, input_ids=ids)
+        head_map = {layer: self.head_map[layer] for layer in sorted(pending)}
+        batch_capture = CapturedBatch(arrays, spans, tokens, keys=self.keys, input_ids=ids,
+                                      head_map=head_map)
         self.captures.append(Capture([batch_capture.example(i) for i in range(batch)],
                                      self.keys, batch=batch_capture))
         return None

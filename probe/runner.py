@@ -28,7 +28,7 @@ from .inputs import batches_by_length, encode, max_length_of
 from .store import (FILE_README, RESUME_MUST_MATCH, BatchRow, RunWriter, WriteFailedError,
                     check_dtype, check_schema, committed_on_disk, compression_args, open_file,
                     open_run, read_attr, utc_now, write_failed)
-from .store.layout import differing_settings
+from .store.layout import differing_settings, head_map_attr, heads_attr
 
 
 class Interrupted(ProbeError):
@@ -130,7 +130,7 @@ def _check_resume(f, wanted: dict, path) -> None:
     """Refuse to resume a file written with other settings (see
     :data:`probe.store.layout.IDENTITY`)."""
     have = {name: read_attr(f.attrs.get(name)) for name in RESUME_MUST_MATCH}
-    diffs = [f"{name}: file has {_short(have[name])}, this run has {_short(wanted[name])}"
+    diffs = [f"{name}: file has {_short(have[name])}, this run has {_short(wanted.get(name))}"
              for name in differing_settings(have, wanted, RESUME_MUST_MATCH)]
     if diffs:
         raise InputError(f"cannot resume {path}: settings differ ({'; '.join(diffs)}). Resume "
@@ -268,6 +268,8 @@ def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: st
                 "batch_size": batch_size, "window": window, "input_sha256": input_sha,
                 "n_examples": n_examples, "input": input_name or "<in-memory texts>",
                 "shard": f"{shard_k}/{shard_n}"}
+    if getattr(probe, "heads", None):  # absent when every head is kept (as in older runs)
+        settings["heads"] = heads_attr(probe.heads)
 
     _STOP["active"] += 1
     try:
@@ -295,7 +297,8 @@ def _capture(probe, make_records, out, exists, settings, n_examples, stored, *, 
     else:
         attrs = {**provenance(probe), **settings}
         attrs["readme"] = FILE_README
-        sizes = _key_sizes(probe, next(iter(make_records())).text, stored)
+        sizes, head_map = _key_sizes(probe, next(iter(make_records())).text, stored)
+        attrs["head_map"] = head_map_attr(head_map)
         writer = RunWriter.create(out, attrs, sizes, dtype=dtype, compression=compression,
                                   n_examples=n_examples)
 
@@ -386,13 +389,14 @@ def _key_sizes(probe, text, stored):
     ids = probe.tokenizer([text])["input_ids"][0][:8]
     capture = probe.capture_ids([ids])
     ex = capture[0]
+    head_map = {layer: ex.head_map[layer] for layer in sorted({names.parse_key(k)[0] for k in stored})}
     sizes = {}
     for key in stored:
         _, component = names.parse_key(key)
         shape = ex._get(key).shape
         sizes[key] = [0 if axis in names.SEQUENCE_AXES else int(s)
                       for axis, s in zip(names.AXES[component], shape)]
-    return sizes
+    return sizes, head_map
 
 
 def _progress(enabled, total, initial):

@@ -20,7 +20,17 @@ Layout (schema ``probe.run`` version 1; README.md has a full h5py-only example):
     /blocks/{l}/attn/{c}   float [elem]  each row's [axes] array, C-order flattened, concatenated;
                            attrs: axes, sizes (0 = n_tokens), unit ("token" or "square"),
                            per_unit (elements per unit); row r starts at
-                           {unit}_start[r] * per_unit.
+                           {unit}_start[r] * per_unit. Runs written with dtype bfloat16
+                           (which HDF5 lacks) hold uint16 bit patterns and carry the attr
+                           stored_dtype = "bfloat16": value = float32 with these 16 bits on
+                           top, (raw.astype(np.uint32) << 16).view(np.float32).
+
+Heads (root attributes, JSON strings): ``head_map`` maps every captured layer to
+``{"heads": [...], "kv_heads": [...]}``, the model's query head at each position of the
+``head`` axis of that layer's datasets and its key/value head at each position of the
+``kv_head`` axis (of k and v); ``heads`` (present only when the run selected heads, part of the
+run's identity) maps each layer captured with a head selection to its query heads. A file
+without ``head_map`` (written before it existed) holds every head in order.
 
 Why this layout (measured, see README): ragged concatenation keeps files free of padding and
 makes one example one contiguous slice per tensor; fixed-type datasets are what HDF5's SWMR
@@ -31,6 +41,7 @@ any point still opens, with every committed batch intact.
 from __future__ import annotations
 
 import datetime as dt
+import json
 
 import h5py
 import numpy as np
@@ -43,7 +54,13 @@ SCHEMA_VERSION = 1
 CHUNK_ELEMENTS = 1 << 18  # at most 256 Ki elements a chunk: 512 KiB in float16, 1 MiB in float32
 MIN_CHUNK_ELEMENTS = 1 << 10
 TYPICAL_TOKENS = 32  # for sizing chunks before the lengths are known
-DTYPES = {"float32": np.float32, "float16": np.float16}
+#: what ``--dtype`` names -> the HDF5 (numpy) type of the tensor datasets; bfloat16, which
+#: HDF5 and numpy lack, is stored as its raw 16-bit patterns (see ``STORED_DTYPE``)
+DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
+#: tensor dataset attribute naming the dtype stored in integers (only "bfloat16" so far)
+STORED_DTYPE = "stored_dtype"
+#: what a virtual dataset shows where a shard holds nothing (NaN in each stored type)
+FILL = {"float32": np.nan, "float16": np.nan, "bfloat16": 0x7FC0}
 
 #: the ``readme`` attribute of every run: how to read it with h5py alone
 FILE_README = """probe run file (schema probe.run, version 1). Read with h5py alone:
@@ -55,6 +72,10 @@ FILE_README = """probe run file (schema probe.run, version 1). Read with h5py al
   units = L if ds.attrs['unit'] == 'token' else L * L
   x = ds[s0 : s0 + units * ds.attrs['per_unit']].reshape([s or L for s in ds.attrs['sizes']])
   # axes of x: ds.attrs['axes']; value_weighted = pattern * value_norm[:, None, :]
+  # ds.attrs.get('stored_dtype') == 'bfloat16': x holds uint16 bfloat16 bit patterns, so
+  #   x = (x.astype(np.uint32) << 16).view(np.float32)
+  # heads: json.loads(f.attrs['head_map'])[str(layer)]['heads'][i] is the model's head at
+  #   position i of the head axis ('kv_heads' for the kv_head axis of k and v)
   text = f['examples/text'][a:a+m].tobytes().decode()   # a, m = index/text_start, index/text_len
   ends = f['tokens/end'][t0-1 : t0+L] (prepend 0 when t0 == 0); token j = tokens/text[ends[j]:ends[j+1]]
 """
@@ -85,7 +106,7 @@ OFFSETS = {"token_start": "token", "square_start": "square", "text_start": "exam
 #: must match all of them; ``combine`` joins the shards of one split, which by design differ
 #: in ``shard`` (K/N) and must agree in the rest.
 IDENTITY = {"model": True, "model_fingerprint": True, "keys": True, "stored_keys": True,
-            "dtype": True, "compression": True, "truncate": True, "batch_size": True,
+            "heads": True, "dtype": True, "compression": True, "truncate": True, "batch_size": True,
             "window": True, "input_sha256": True, "n_examples": True, "shard": False}
 #: what a resumed run must match
 RESUME_MUST_MATCH = tuple(IDENTITY)
@@ -109,6 +130,60 @@ def differing_settings(have: dict, want: dict, settings) -> list[str]:
         if a != b:
             diffs.append(name)
     return diffs
+
+
+def heads_attr(heads: dict) -> str:
+    """The ``heads`` attribute of a head selection ``{layer: query heads}``.
+
+    >>> heads_attr({5: (0, 1), 3: (7,)})
+    '{"3": [7], "5": [0, 1]}'
+    """
+    return json.dumps({str(layer): [int(h) for h in hs] for layer, hs in sorted(heads.items())})
+
+
+def head_map_attr(head_map: dict) -> str:
+    """The ``head_map`` attribute: ``{layer: (query heads, kv heads)}`` as JSON.
+
+    >>> head_map_attr({3: ((7,), (1,))})
+    '{"3": {"heads": [7], "kv_heads": [1]}}'
+    """
+    return json.dumps({str(layer): {"heads": [int(h) for h in hs], "kv_heads": [int(h) for h in kv]}
+                       for layer, (hs, kv) in sorted(head_map.items())})
+
+
+def read_head_map(attrs: dict, sizes: dict) -> dict[int, tuple[tuple[int, ...], tuple[int, ...]]]:
+    """``{layer: (query heads, kv heads)}`` of a run from its root attributes; for a file
+    without ``head_map`` (every head kept), from ``sizes``: ``{key: fixed axis sizes}``.
+
+    >>> read_head_map({}, {"blocks.0.attn.q": [4, 0, 8], "blocks.0.attn.k": [2, 0, 8]})
+    {0: ((0, 1, 2, 3), (0, 1))}
+    """
+    raw = attrs.get("head_map")
+    if raw:
+        return {int(layer): (tuple(v["heads"]), tuple(v["kv_heads"]))
+                for layer, v in json.loads(raw).items()}
+    found: dict[int, list] = {}
+    for key, size in sizes.items():
+        layer, component = names.parse_key(key)
+        axis = names.AXES[component][0]
+        entry = found.setdefault(layer, [(), ()])
+        entry[0 if axis == "head" else 1] = tuple(range(int(size[0])))
+    return {layer: (hs, kv) for layer, (hs, kv) in sorted(found.items())}
+
+
+def decode_bfloat16(raw: np.ndarray) -> np.ndarray:
+    """float32 values of bfloat16 bit patterns stored as uint16 (exact: bfloat16 is the top
+    half of a float32).
+
+    >>> decode_bfloat16(np.array([0x3F80, 0xC040], np.uint16)).tolist()
+    [1.0, -3.0]
+    """
+    return (raw.astype(np.uint32) << 16).view(np.float32)
+
+
+def is_bfloat16(ds) -> bool:
+    """Whether a tensor dataset holds bfloat16 bit patterns (see ``STORED_DTYPE``)."""
+    return read_attr(ds.attrs.get(STORED_DTYPE, "")) == "bfloat16"
 
 
 def dataset_path(key: str) -> str:
@@ -182,12 +257,15 @@ def per_unit_of(sizes) -> int:
     return int(np.prod([s for s in sizes if s]))
 
 
-def write_tensor_attrs(ds, component: str, sizes, per_unit: int) -> None:
-    """The attributes that say how to cut one example out of a tensor dataset."""
+def write_tensor_attrs(ds, component: str, sizes, per_unit: int, dtype: str = "float32") -> None:
+    """The attributes that say how to cut one example out of a tensor dataset (and, for
+    bfloat16, how to read its integers)."""
     ds.attrs["axes"] = to_attr(list(names.AXES[component]))
     ds.attrs["sizes"] = [int(x) for x in sizes]
     ds.attrs["unit"] = unit_of(component)
     ds.attrs["per_unit"] = int(per_unit)
+    if dtype == "bfloat16":
+        ds.attrs[STORED_DTYPE] = "bfloat16"
 
 
 def tensor_attrs(ds) -> tuple[str, int, list[int]]:

@@ -21,8 +21,9 @@ from .. import names
 from ..captures import Capture, Example, KeyedSequence
 from .errors import CorruptRunError
 from .files import check_contents, check_schema, open_file
-from .layout import (INDEX_FIELDS, REQUIRED, STREAMS, dataset_path, index_problem, key_of,
-                     read_attr, stored_keys, tensor_attrs)
+from .layout import (INDEX_FIELDS, REQUIRED, STREAMS, dataset_path, decode_bfloat16,
+                     index_problem, is_bfloat16, key_of, read_attr, read_head_map, stored_keys,
+                     tensor_attrs)
 
 
 class Run(KeyedSequence):
@@ -30,7 +31,9 @@ class Run(KeyedSequence):
 
     ``run[i]`` is the i-th committed example in input order (``ex.index`` is its input
     index); tensors are read from disk when indexed and returned as float32 numpy arrays
-    (stored float16 is widened). Use as a context manager or call :meth:`close`.
+    (stored float16 is widened, stored bfloat16 bit patterns decoded exactly). ``run.heads``
+    and ``run.kv_heads`` map each layer to the model heads its head axes hold (a run captured
+    with a head selection holds only those). Use as a context manager or call :meth:`close`.
     """
 
     def __init__(self, path, *, layers=None, components=None):
@@ -46,6 +49,9 @@ class Run(KeyedSequence):
             self.f.close()
             raise
         self.keys = tuple(self.attrs["keys"])
+        #: per layer, ``(query heads, kv heads)`` the head axes hold (see ``Run.heads``)
+        self.head_map = read_head_map(self.attrs, {
+            key: self._data.entry(dataset_path(key))[3] for key in stored_keys(self.f)})
         if layers is not None or components is not None:
             self.keys = self.select(layers=layers, components=components).keys
 
@@ -59,12 +65,13 @@ class Run(KeyedSequence):
 
     def __getitem__(self, i):
         if isinstance(i, slice):
-            return Capture([self[j] for j in range(*i.indices(len(self)))], self.keys)
+            return Capture([self[j] for j in range(*i.indices(len(self)))], self.keys,
+                           head_map=self.head_map)
         if not -len(self) <= i < len(self):
             raise IndexError(f"example {i} out of range: the run holds {len(self)} examples")
         row = int(self._order[i])
         return _example(self._data, {name: int(self.index[name][row]) for name in INDEX_FIELDS},
-                        self.keys)
+                        self.keys, self.head_map)
 
     def metas(self) -> list[dict]:
         """Every committed example's metadata in input order, from one read of the metadata
@@ -78,7 +85,7 @@ class Run(KeyedSequence):
 
     def select(self, *, layers=None, components=None) -> Capture:
         """A lazy view with only the given layers and components (as ``Capture.select``)."""
-        return Capture(_LazyExamples(self), self.keys).select(layers=layers, components=components)
+        return Capture(_LazyExamples(self), self.keys, head_map=self.head_map).select(layers=layers, components=components)
 
     def close(self) -> None:
         if self.f.id.valid:
@@ -120,14 +127,16 @@ class _Datasets:
         self._handles: dict = {}
 
     def entry(self, name):
-        """``(dataset, unit, per_unit, sizes)``; unit and sizes are None for non-tensors.
+        """``(dataset, unit, per_unit, sizes, bfloat16)``; unit and sizes are None for
+        non-tensors, bfloat16 says the tensor holds bfloat16 bit patterns.
         Refreshing a second handle of a dataset whose chunks were read makes HDF5 2.0 return
         chunk 0's bytes for later chunks (measured on a filtered, extensible dataset), so
         there is one handle per dataset."""
         entry = self._handles.get(name)
         if entry is None:
             ds = self.f[name]
-            entry = (ds, *tensor_attrs(ds)) if name.startswith("blocks/") else (ds, None, 1, None)
+            entry = ((ds, *tensor_attrs(ds), is_bfloat16(ds)) if name.startswith("blocks/")
+                     else (ds, None, 1, None, False))
             self._handles[name] = entry
         return entry
 
@@ -155,7 +164,7 @@ class _Datasets:
         :func:`index_problem`'s ``sizes``)."""
         sizes = {name: self.length(name) for name in STREAMS if not name.startswith("index/")}
         for key in stored_keys(self.f):
-            ds, unit, per_unit, _ = self.entry(dataset_path(key))
+            ds, unit, per_unit, _, _ = self.entry(dataset_path(key))
             sizes[(unit, key)] = ds.shape[0] // max(per_unit, 1)
         return sizes
 
@@ -206,7 +215,7 @@ def _read_index(data: _Datasets) -> tuple[int, bool, dict]:
     return n_done, complete, index
 
 
-def _example(data: _Datasets, ix: dict, keys) -> Example:
+def _example(data: _Datasets, ix: dict, keys, head_map=None) -> Example:
     """The example of one index row ``ix``; its tensors are read when indexed."""
     n, t0, where, path = ix["n_tokens"], ix["token_start"], ix["example"], data.path
     ends = data.read("tokens/end", max(t0 - 1, 0), t0 + n, where)
@@ -231,13 +240,16 @@ def _example(data: _Datasets, ix: dict, keys) -> Example:
 
     def get(key):
         name = dataset_path(key)
-        _, unit, per_unit, sizes = data.entry(name)
+        _, unit, per_unit, sizes, bfloat16 = data.entry(name)
         units = n if unit == "token" else n * n
         start = starts[unit] * per_unit
         flat = data.read(name, start, start + units * per_unit, where)
+        if bfloat16:
+            flat = decode_bfloat16(flat)
         return flat.reshape([s if s else n for s in sizes]).astype(np.float32, copy=False)
 
-    return Example(tokens, keys, get, text=text, input_ids=input_ids, meta=meta, index=where)
+    return Example(tokens, keys, get, text=text, input_ids=input_ids, meta=meta, index=where,
+                   head_map=head_map)
 
 
 def decode_meta(raw: bytes, path, example) -> dict:

@@ -21,7 +21,7 @@ from ..errors import InputError
 from .errors import close_after_failure, is_write_failure, quiet_failed_closes, write_failed
 from .files import (acquire_lock, check_schema, open_file, outside_refs, publish,
                     shard_identity)
-from .layout import (BYTE_STREAMS, DTYPES, INDEX_FIELDS, OFFSETS, RUN_IDENTITY, STATE, STREAMS,
+from .layout import (BYTE_STREAMS, DTYPES, FILL, INDEX_FIELDS, OFFSETS, RUN_IDENTITY, STATE, STREAMS,
                      committed_extent, dataset_path, differing_settings, read_attr,
                      tensor_attrs, to_attr, utc_now, write_tensor_attrs)
 
@@ -146,14 +146,15 @@ def _fill(f: h5py.File, parts: list[dict], complete: bool, base: str) -> None:
         path = dataset_path(key)
         sizes, unit, per_unit = first["layout"][key]
         lengths = [p["extent"][unit] * per_unit for p in parts]
-        layout = h5py.VirtualLayout(shape=(sum(lengths),), dtype=DTYPES[first["attrs"]["dtype"]])
+        dtype = first["attrs"]["dtype"]
+        layout = h5py.VirtualLayout(shape=(sum(lengths),), dtype=DTYPES[dtype])
         at = 0
         for p, rel, length in zip(parts, rels, lengths):
             if length:
                 layout[at:at + length] = h5py.VirtualSource(rel, path, shape=(p["full"][key],))[:length]
             at += length
-        ds = f.create_virtual_dataset(path, layout, fillvalue=np.nan)
-        write_tensor_attrs(ds, names.parse_key(key)[1], sizes, per_unit)
+        ds = f.create_virtual_dataset(path, layout, fillvalue=FILL[dtype])
+        write_tensor_attrs(ds, names.parse_key(key)[1], sizes, per_unit, dtype)
 
 
 def _joined_streams(parts: list[dict]) -> dict[str, np.ndarray]:

@@ -67,7 +67,7 @@ class RunWriter:
         self.lock = lock  # held from creation or reopening until close()
         self.failed: BaseException | None = None  # a write the OS refused; see _fail
         self.dtype = DTYPES[dtype]
-        self._packer = _Packer(self.dtype)
+        self._packer = _Packer(dtype)
         self.n_done = int(f["state/n_done"][0])
         self.stored_keys = sorted(stored_keys(f))
         self.extent = committed_extent(f, self.n_done)  # where the next row goes, per stream
@@ -193,16 +193,21 @@ class _Packer:
     packed (cast and unpadded) into a buffer reused for every key and batch, and that buffer
     is what HDF5 writes from, so a batch allocates nothing."""
 
-    def __init__(self, dtype):
-        self.dtype = dtype
+    def __init__(self, dtype: str):
+        self.name = dtype  # "float32", "float16" or "bfloat16" (stored as uint16 bit patterns)
+        self.dtype = DTYPES[dtype]
         self._buffer: np.ndarray | None = None
 
     def pack(self, key: str, packed, size: int) -> np.ndarray:
-        """The ``size`` values of ``key`` in the writer's dtype, from a batch or a mapping."""
+        """The ``size`` values of ``key`` in the writer's dtype, from a batch or a mapping
+        (values, or for bfloat16 already their uint16 bit patterns)."""
         if isinstance(packed, CapturedBatch):
-            data = packed.packed(key, self.dtype, out=self._scratch(packed.packed_size(key)))
+            target = self.name if self.name == "bfloat16" else self.dtype
+            data = packed.packed(key, target, out=self._scratch(packed.packed_size(key)))
         else:
             data = packed[key]
+            if self.name == "bfloat16" and data.dtype != np.uint16:
+                data = bfloat16_bits(data)
         if data.shape != (size,):
             raise ProbeError(f"{key}: got {data.shape[0]} values for a batch that needs {size}")
         return data.astype(self.dtype, copy=False)
@@ -264,7 +269,7 @@ def _fill_new(f: h5py.File, attrs: dict, key_specs: dict, *, dtype: str,
         _, component = names.parse_key(key)
         ds = f.create_dataset(dataset_path(key), **tensor_options(
             component, sizes, dtype=dtype, compression=compression, n_examples=n_examples))
-        write_tensor_attrs(ds, component, sizes, per_unit_of(sizes))
+        write_tensor_attrs(ds, component, sizes, per_unit_of(sizes), dtype)
 
 
 def _abandon(f, lock: WriterLock, err: BaseException, tmp: str | None = None) -> bool:
@@ -303,6 +308,19 @@ def encode_rows(rows: Sequence[BatchRow], extent: dict) -> tuple[np.ndarray, dic
     for name in INDEX_FIELDS:
         streams[f"index/{name}"] = np.asarray(index[name], dtype=STREAMS[f"index/{name}"][0])
     return n, streams
+
+
+def bfloat16_bits(values) -> np.ndarray:
+    """uint16 bfloat16 bit patterns of float values, rounded as ``torch.Tensor.to(torch.bfloat16)``
+    rounds (to nearest, ties to even; NaN stays NaN).
+
+    >>> bfloat16_bits(np.array([1.0, -3.0], np.float32)).tolist()
+    [16256, 49216]
+    """
+    import torch
+
+    t = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
+    return t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
 
 
 def _starts(lengths) -> np.ndarray:
