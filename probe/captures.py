@@ -296,3 +296,22 @@ class Capture(KeyedSequence):
     def __repr__(self) -> str:
         return (f"Capture({len(self)} examples, layers {list(self.layers)}, "
                 f"components {list(self.components)})")
+
+
+def require_every_head(capture, what: str) -> None:
+    """Refuse a capture (or example) that holds selected heads only (``--heads``): ``what``
+    labels heads by their position on the head axis, which is the model's head index only
+    when every head is there.
+
+    A run file says so itself (its ``heads`` attribute); in memory, a selection shows in the
+    head map as a layer whose heads are not ``0..n-1`` or layers of different head counts.
+    """
+    attrs = getattr(capture, "attrs", None) or {}
+    head_map = getattr(capture, "head_map", None) or {}
+    lists = [tuple(h) for h, _ in head_map.values()]
+    partial = bool(attrs.get("heads")) or any(h != tuple(range(len(h))) for h in lists) or \
+        len({len(h) for h in lists}) > 1
+    if partial:
+        raise InputError(f"{what} labels heads by their position and needs every head, but this "
+                         "capture holds selected heads only (--heads / heads=); capture without "
+                         "a head selection for it")

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from . import metrics as M
+from .captures import require_every_head
 from .errors import InputError
 from .outputs import csv_rows, write_csv
 
@@ -60,6 +61,7 @@ def write_report(capture, out_dir, *, group_by=(), window: int = 1, fmt: str = "
     ['example_metrics.csv', 'token_importance.csv', 'head_summary.csv', 'by_kind.csv']
     """
     out_dir = Path(out_dir)
+    require_every_head(capture, "probe metrics")
     if fmt not in ("csv", "parquet"):
         raise InputError(f"table format must be csv or parquet, not {fmt!r}")
     layers = list(capture.layers)

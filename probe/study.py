@@ -31,6 +31,7 @@ from .pair_compare import align_pair, compare_pair
 from .design import PairPlan, plan_from_meta, plan_meta
 from .errors import InputError
 from .pair_metrics import METRICS, components_needed
+from .captures import require_every_head
 from .stats import benjamini_hochberg, cluster_test, cluster_unpaired_test
 
 STUDY_COMPONENTS = components_needed()
@@ -123,6 +124,7 @@ def _check_finite(value, pid, metric, side, layers):
 
 def pair_tables(capture, *, metrics=None, special=None) -> dict[str, PairTable]:
     """A :class:`PairTable` per set of a pair capture (live or stored)."""
+    require_every_head(capture, "the pair study")
     names = list(METRICS) if metrics is None else list(metrics)
     layers = tuple(capture.layers)
     tables = {}

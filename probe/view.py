@@ -35,6 +35,7 @@ import numpy as np
 
 from . import names
 from .align import align
+from .captures import require_every_head
 
 
 def _quantise(stack: np.ndarray, signed: bool = False) -> dict:
@@ -91,6 +92,7 @@ def build_view(example, other=None, *, title: str | None = None) -> str:
     >>> page.startswith("<!DOCTYPE html>"), "http" in page
     (True, False)
     """
+    require_every_head(example, "the view")
     layers = sorted({layer for layer, component in map(names.parse_key, example)
                      if component == "pattern"})
     if not layers:

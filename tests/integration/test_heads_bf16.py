@@ -213,3 +213,29 @@ def test_bfloat16_resume_and_combine(tokenizer, tmp_path):
             for key in whole.attrs["stored_keys"]:
                 assert np.array_equal(comb[i][key], whole[i][key], equal_nan=True), key
     assert verify_run(tmp_path / "combined.h5").ok
+
+
+def test_analyses_refuse_a_head_selected_capture(tiny_model_dir, tmp_path):
+    """Per-head tables, the study and the view label heads by position: on a capture of
+    selected heads they would name the wrong heads, so they refuse it, in memory and on disk."""
+    from probe import open_run
+    from probe.captures import require_every_head
+    from probe.cli import main
+    from probe.report import write_report
+    from probe.view import build_view
+
+    texts = tmp_path / "in.txt"
+    texts.write_text("A robin is a bird.\nCats purr.\n")
+    assert main(["capture", str(texts), "--model", str(tiny_model_dir), "--heads", "1.2,1.3",
+                 "--keys", "pattern", "--out", str(tmp_path / "sel.h5"), "--quiet"]) == 0
+    with open_run(tmp_path / "sel.h5") as run:
+        with pytest.raises(InputError, match="selected heads only"):
+            write_report(run, tmp_path / "m")
+        with pytest.raises(InputError, match="selected heads only"):
+            build_view(run[0])
+    assert main(["metrics", str(tmp_path / "sel.h5"), "--out", str(tmp_path / "m2")]) == 2
+    assert main(["capture", str(texts), "--model", str(tiny_model_dir), "--keys", "pattern",
+                 "--out", str(tmp_path / "all.h5"), "--quiet"]) == 0
+    with open_run(tmp_path / "all.h5") as run:
+        require_every_head(run, "x")            # every head: accepted
+        require_every_head(run[0], "x")
