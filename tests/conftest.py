@@ -3,7 +3,7 @@ bundled MiniLM. Tiny models use the bundled BERT tokenizer's vocabulary so that
 ``AttentionProbe.run`` can tokenise real sentences for every architecture.
 
 The suite has three layers, one folder each: ``unit`` (pure functions and tiny in-memory
-models; the quick run, under a minute), ``integration`` (files, CLI subprocesses, crashes,
+models; the quick run, about a minute), ``integration`` (files, CLI subprocesses, crashes,
 sweeps) and ``acceptance`` (the real MiniLM end to end, calibration, README blocks, the
 browser). Tests under integration/ and acceptance/ get the ``slow`` marker here.
 """
