@@ -30,7 +30,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
-from .errors import ProbeError
+from .errors import ProbeError, UnsupportedModelError
 
 
 class Backends:
@@ -103,3 +103,25 @@ class Backends:
 
 #: the process's one registry
 REGISTRY = Backends()
+
+
+def switch_to(model, backend: str, modules) -> None:
+    """Set ``model``'s attention implementation to ``backend`` and check that it took, for the
+    model and for every ``(name, module)`` of ``modules`` (a module with its own config keeps
+    its own setting). Raises :class:`UnsupportedModelError` when it did not: the model's
+    attention does not go through transformers' AttentionInterface."""
+    model.set_attn_implementation(backend)
+    stuck = [name for name, module in modules
+             if getattr(getattr(module, "config", model.config), "_attn_implementation", None) != backend]
+    if model.config._attn_implementation != backend or stuck:
+        raise UnsupportedModelError(
+            f"{type(model).__name__} did not accept a new attention implementation "
+            f"(its attention does not go through transformers' AttentionInterface"
+            f"{'; modules ' + ', '.join(stuck[:3]) if stuck else ''}); probe cannot "
+            "capture it exactly")
+
+
+def restore(model, original: str | None) -> None:
+    """Give ``model`` back its own attention implementation ``original`` (None: never switched)."""
+    if original is not None and model.config._attn_implementation != original:
+        model.set_attn_implementation(original)

@@ -33,7 +33,7 @@ import torch
 from . import names
 from .architectures import attention_layers
 from .attention import additive_mask, attend_with_sink, repeat_kv
-from .backends import REGISTRY
+from .backends import REGISTRY, restore, switch_to
 from .captures import Capture
 from .errors import InputError, ProbeError, UnsupportedModelError
 from .inputs import device_of, no_cache, pad, pad_id_of
@@ -226,17 +226,7 @@ class AttentionProbe:
             self._original_impl = self.model.config._attn_implementation
             for layer in self.layers:
                 REGISTRY.bind(layer.module, (self, layer))
-            self.model.set_attn_implementation(BACKEND)
-            stuck = [layer.name for layer in self.layers
-                     if getattr(getattr(layer.module, "config", self.model.config),
-                                "_attn_implementation", None) != BACKEND]
-            if self.model.config._attn_implementation != BACKEND or stuck:
-                raise UnsupportedModelError(
-                    f"{type(self.model).__name__} did not accept a new attention implementation "
-                    f"(its attention does not go through transformers' AttentionInterface"
-                    f"{'; modules ' + ', '.join(stuck[:3]) if stuck else ''}); probe cannot "
-                    "capture it exactly"
-                )
+            switch_to(self.model, BACKEND, [(layer.name, layer.module) for layer in self.layers])
             self._handles.append(self.model.register_forward_pre_hook(
                 self._recorder.before_forward, with_kwargs=True))
             self._handles.append(self.model.register_forward_hook(
@@ -256,9 +246,7 @@ class AttentionProbe:
             self._handles.clear()
             for layer in self.layers:
                 REGISTRY.unbind(layer.module, owner=self)
-            if (self._original_impl is not None
-                    and self.model.config._attn_implementation != self._original_impl):
-                self.model.set_attn_implementation(self._original_impl)
+            restore(self.model, self._original_impl)
         finally:
             self._recorder.reset()
             self._attached = False

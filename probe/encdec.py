@@ -37,7 +37,7 @@ import torch
 from . import names
 from .architectures import encoder_decoder_layers
 from .attention import additive_mask, masked_positions, repeat_kv, value_norms, value_weighted
-from .backends import REGISTRY
+from .backends import REGISTRY, restore, switch_to
 from .captures import Capture, Example
 from .errors import InputError, ProbeError, UnsupportedModelError
 from .inputs import batches_by_length, device_of, encode, max_length_of, no_cache, pad, pad_id_of
@@ -247,15 +247,8 @@ class EncoderDecoderProbe:
             self._original_impl = self.model.config._attn_implementation
             for stack, site, layer in self._all_layers():
                 REGISTRY.bind(layer.module, (self, stack, site, layer))
-            self.model.set_attn_implementation(BACKEND)
-            stuck = [layer.name for _, _, layer in self._all_layers()
-                     if getattr(getattr(layer.module, "config", self.model.config),
-                                "_attn_implementation", None) != BACKEND]
-            if self.model.config._attn_implementation != BACKEND or stuck:
-                raise UnsupportedModelError(
-                    f"{type(self.model).__name__} did not accept a new attention implementation"
-                    f"{' (modules ' + ', '.join(stuck[:3]) + ')' if stuck else ''}; probe "
-                    "cannot capture it exactly")
+            switch_to(self.model, BACKEND,
+                      [(layer.name, layer.module) for _, _, layer in self._all_layers()])
             for which, module in (("encoder", self.layers.encoder_stack),
                                   ("decoder", self.layers.decoder_stack)):
                 self._handles.append(module.register_forward_pre_hook(
@@ -280,9 +273,7 @@ class EncoderDecoderProbe:
             self._handles.clear()
             for _, _, layer in self._all_layers():
                 REGISTRY.unbind(layer.module, owner=self)
-            if (self._original_impl is not None
-                    and self.model.config._attn_implementation != self._original_impl):
-                self.model.set_attn_implementation(self._original_impl)
+            restore(self.model, self._original_impl)
         finally:
             self._pending.clear()
             self._call = {}
