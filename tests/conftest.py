@@ -11,6 +11,8 @@ browser). Tests under integration/ and acceptance/ get the ``slow`` marker here.
 from __future__ import annotations
 
 import functools
+import random
+import sys
 from pathlib import Path
 
 import pytest
@@ -183,3 +185,18 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if Path(str(item.fspath)).parent.name in _SLOW_LAYERS:
             item.add_marker(pytest.mark.slow)
+
+
+def random_sentences(n, seed=0):
+    """``n`` sentences of 3-30 random words, the same for the same seed."""
+    rng = random.Random(seed)
+    words = ("the a robin bird is not never no can cannot river old city bridge red painted "
+             "quickly under over with children teacher garden".split())
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 30))).capitalize() + "."
+            for _ in range(n)]
+
+
+def capture_command(src, out, model_dir, *extra):
+    """The `probe capture` subprocess command the crash, disk-full and signal tests run."""
+    return [sys.executable, "-m", "probe.cli", "capture", str(src), "--out", str(out), "--model",
+            str(model_dir), "--batch-size", "8", "--window", "64", "--quiet", *extra]

@@ -7,42 +7,28 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 
 import h5py
 import numpy as np
 import pytest
 
+from conftest import capture_command, random_sentences
 from probe import open_run
 from probe.store import open_file
 
 N = 800
 
 
-def _sentences(n, seed=0):
-    rng = random.Random(seed)
-    words = ("the a robin bird is not never no can cannot river old city bridge red painted "
-             "quickly under over with children teacher garden".split())
-    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 30))).capitalize() + "."
-            for _ in range(n)]
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("crash")
     src = root / "in.txt"
-    src.write_text("\n".join(_sentences(N)) + "\n")
+    src.write_text("\n".join(random_sentences(N)) + "\n")
     ref = root / "ref.h5"
-    done = subprocess.run(_cmd(src, ref, tiny_model_dir), capture_output=True, text=True)
+    done = subprocess.run(capture_command(src, ref, tiny_model_dir), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return root, src, ref, tiny_model_dir
-
-
-def _cmd(src, out, model_dir, resume=False):
-    cmd = [sys.executable, "-m", "probe.cli", "capture", str(src), "--out", str(out), "--model",
-           str(model_dir), "--batch-size", "8", "--window", "64", "--quiet"]
-    return cmd + (["--resume"] if resume else [])
 
 
 def _committed(path) -> int:
@@ -97,7 +83,7 @@ def _assert_same_examples(run, ref, count=None, sample=40):
 def test_kill_and_resume(setup, kill_after):
     root, src, ref_path, model_dir = setup
     out = root / f"killed-{kill_after}.h5"
-    proc = subprocess.Popen(_cmd(src, out, model_dir), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(capture_command(src, out, model_dir), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, start_new_session=True)
     try:
         if kill_after == "random":
@@ -127,7 +113,7 @@ def test_kill_and_resume(setup, kill_after):
                     assert n >= kill_after
                 _assert_same_examples(partial, ref, count=n)
             assert _assert_same_rows(out, ref_path) == n
-        done = subprocess.run(_cmd(src, out, model_dir, resume=True), capture_output=True,
+        done = subprocess.run(capture_command(src, out, model_dir, "--resume"), capture_output=True,
                               text=True)
         assert done.returncode == 0, done.stderr
         with open_run(out) as final:
@@ -141,7 +127,7 @@ def test_kill_and_resume(setup, kill_after):
 def test_reader_follows_a_run_being_written(setup):
     root, src, _, model_dir = setup
     out = root / "live.h5"
-    proc = subprocess.Popen(_cmd(src, out, model_dir), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(capture_command(src, out, model_dir), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     try:
         deadline = time.time() + 120

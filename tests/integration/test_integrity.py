@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import os
-import random
 import shutil
 import signal
 import subprocess
@@ -26,6 +25,7 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import capture_command, random_sentences
 from probe import AttentionProbe, load_model, open_run
 from probe.cli import main
 from probe.errors import ProbeError
@@ -34,26 +34,13 @@ from probe.store import CorruptRunError, is_disk_full, open_file
 N = 400
 
 
-def _sentences(n, seed=0):
-    rng = random.Random(seed)
-    words = ("the a robin bird is not never no can cannot river old city bridge red painted "
-             "quickly under over with children teacher garden".split())
-    return [" ".join(rng.choice(words) for _ in range(rng.randint(3, 30))).capitalize() + "."
-            for _ in range(n)]
-
-
-def _cmd(src, out, model_dir, *extra):
-    return [sys.executable, "-m", "probe.cli", "capture", str(src), "--out", str(out), "--model",
-            str(model_dir), "--batch-size", "8", "--window", "64", "--quiet", *extra]
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory, tiny_model_dir):
     root = tmp_path_factory.mktemp("integrity")
     src = root / "in.txt"
-    src.write_text("\n".join(_sentences(N)) + "\n")
+    src.write_text("\n".join(random_sentences(N)) + "\n")
     ref = root / "ref.h5"
-    done = subprocess.run(_cmd(src, ref, tiny_model_dir), capture_output=True, text=True)
+    done = subprocess.run(capture_command(src, ref, tiny_model_dir), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     return root, src, ref, tiny_model_dir
 
@@ -113,7 +100,7 @@ def test_capture_onto_a_full_disk_then_resume(setup):
     _mount_tmpfs(mnt, f"{max(used // 2 // 4096, 16) * 4}k")  # room for about half the run
     try:
         out = mnt / "run.h5"
-        done = subprocess.run(_cmd(src, out, model_dir), capture_output=True, text=True)
+        done = subprocess.run(capture_command(src, out, model_dir), capture_output=True, text=True)
         assert done.returncode != 0
         line = _one_error_line(done.stderr, f"probe: error: disk full while writing {out}; "
                                              "committed ")
@@ -132,12 +119,12 @@ def test_capture_onto_a_full_disk_then_resume(setup):
         assert main(["verify", str(out)]) == 0
 
         # a second try on the still-full disk fails the same clean way
-        again = subprocess.run(_cmd(src, out, model_dir, "--resume"), capture_output=True, text=True)
+        again = subprocess.run(capture_command(src, out, model_dir, "--resume"), capture_output=True, text=True)
         assert again.returncode != 0
         _one_error_line(again.stderr, "probe: error: disk full while writing")
 
         subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
-        done = subprocess.run(_cmd(src, out, model_dir, "--resume"), capture_output=True, text=True)
+        done = subprocess.run(capture_command(src, out, model_dir, "--resume"), capture_output=True, text=True)
         assert done.returncode == 0, done.stderr
         assert _assert_same_content(out, ref) == N
         assert sorted(p.name for p in mnt.iterdir()) == ["run.h5"]
@@ -152,7 +139,7 @@ def test_combine_onto_a_full_disk(setup, left):
     _mount_tmpfs(mnt, "64m")
     try:
         for k in range(2):
-            done = subprocess.run(_cmd(src, f"{mnt / 'shards'}/", model_dir, "--shard", f"{k}/2"),
+            done = subprocess.run(capture_command(src, f"{mnt / 'shards'}/", model_dir, "--shard", f"{k}/2"),
                                   capture_output=True, text=True)
             assert done.returncode == 0, done.stderr
         filler = mnt / "filler"
@@ -194,7 +181,7 @@ def tiny(tiny_model_dir):
 
 def _small_run(tiny, path, **options):
     with AttentionProbe(*tiny, keys=["pattern", "q"]) as p:
-        p.run_to_file(_sentences(40, seed=3), path, batch_size=8, **options).close()
+        p.run_to_file(random_sentences(40, seed=3), path, batch_size=8, **options).close()
     return path
 
 
@@ -312,7 +299,7 @@ def test_runs_without_checksums_still_open_and_verify(tiny, tmp_path, capsys):
 def test_signal_stops_cleanly_and_resumes(setup, signum):
     root, src, ref, model_dir = setup
     out = root / f"signal-{int(signum)}.h5"
-    proc = subprocess.Popen(_cmd(src, out, model_dir), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(capture_command(src, out, model_dir), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.time() + 120
@@ -339,6 +326,6 @@ def test_signal_stops_cleanly_and_resumes(setup, signum):
     with open_run(out) as run:
         assert len(run) == committed and not run.complete
     assert not list(root.glob("*.lock")) and not list(root.glob("*.creating-*"))
-    done = subprocess.run(_cmd(src, out, model_dir, "--resume"), capture_output=True, text=True)
+    done = subprocess.run(capture_command(src, out, model_dir, "--resume"), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert _assert_same_content(out, ref) == N
