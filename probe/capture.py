@@ -69,6 +69,8 @@ def _probe_attention(module, query, key, value, attention_mask, scaling=None, dr
     if entry is not None:
         probe, layer = entry
         layer = probe._recorder.layer_of_call(layer)  # a shared module (ALBERT): several layers
+        if not probe._recorder.keeps(layer.index, "scores"):
+            scores = None  # a pattern-sized tensor freed before the layer is recorded
         if probe.intervention is not None:  # probe.patching: may replace pattern and/or z
             changed = probe.intervention(layer.index, pattern, value, z)
             if changed is not None:
@@ -280,10 +282,37 @@ class AttentionProbe:
         >>> cap[1].tokens, cap[1]["blocks.0.attn.pattern"].shape, cap.batch.spans
         (['[CLS]', 'no', '.', '[SEP]'], (12, 4, 4), [(0, 5), (0, 4)])
         """
-        self._require_attached("capture_ids()")
+        self._forward_rows(rows, "capture_ids()")
+        return self.captures.pop()
+
+    def stream_ids(self, rows, on_layer) -> None:
+        """One forward of token id rows (as :meth:`capture_ids`) whose tensors are handed over
+        layer by layer instead of kept: ``on_layer(layer, {component: tensor}, spans)`` gets
+        each captured layer's padded ``[batch, ...]`` torch tensors as soon as the layer is
+        computed, and ``spans``, each row's ``(start, stop)``. Nothing is kept, so memory holds
+        one layer, not all (:mod:`probe.runner` writes long sequences this way).
+
+        >>> from probe import AttentionProbe, load_model
+        >>> model, tokenizer = load_model()
+        >>> seen = []
+        >>> with AttentionProbe(model, tokenizer, keys=["pattern"], layers=[0, 5]) as p:
+        ...     p.stream_ids([tokenizer("A robin.")["input_ids"]],
+        ...                  lambda layer, got, spans: seen.append((layer, tuple(got["pattern"].shape), spans)))
+        >>> seen
+        [(0, (1, 12, 5, 5), [(0, 5)]), (5, (1, 12, 5, 5), [(0, 5)])]
+        """
+        self._recorder.stream = on_layer
+        try:
+            self._forward_rows(rows, "stream_ids()")
+        finally:
+            self._recorder.stream = None
+
+    def _forward_rows(self, rows, what: str) -> None:
+        """Right-pad ``rows`` and run the model on them in eval mode, without a cache."""
+        self._require_attached(what)
         rows = [list(r) for r in rows]
         if not rows or any(len(r) == 0 for r in rows):
-            raise InputError("capture_ids() needs at least one row, each of at least one token id")
+            raise InputError(f"{what} needs at least one row, each of at least one token id")
         pad_id = pad_id_of(self.tokenizer) if self.tokenizer is not None else 0
         input_ids, mask = pad(rows, pad_id, device_of(self.model))
         was_training = self.model.training
@@ -293,7 +322,6 @@ class AttentionProbe:
                 self.model(input_ids=input_ids, attention_mask=mask, **self._forward_options)
         finally:
             self.model.train(was_training)
-        return self.captures.pop()
 
     @contextlib.contextmanager
     def selecting_heads(self, heads):
@@ -342,7 +370,7 @@ class AttentionProbe:
         :class:`~probe.store.Run` (close it, or use it in a ``with`` block).
 
         ``store_options`` are those of :func:`probe.runner.capture_to_file` (dtype,
-        compression, resume, window, progress, queue_batches, shard). ``heads`` narrows the
+        compression, resume, window, progress, queue_batches, shard, stream). ``heads`` narrows the
         probe's head selection for this run (part of the run's identity: a resume must give
         the same).
         """

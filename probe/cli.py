@@ -110,7 +110,7 @@ def cmd_capture(args) -> int:
                               dtype=args.dtype, compression=args.compression,
                               resume=args.resume, truncate=args.truncate, window=args.window,
                               progress=not args.quiet, input_name=f"{path} ({input_format(path)})",
-                              shard=shard)
+                              shard=shard, stream=args.stream)
     with run:
         size = out.stat().st_size
         print(f"{out}: {len(run)} examples, {run.attrs['n_examples']} in the input, "
@@ -392,6 +392,11 @@ def build_parser() -> argparse.ArgumentParser:
                      help="capture only input windows w with w %% N == K (one of N processes); "
                      "'auto' reads K and N from torchrun, SLURM or MPI; with --out DIR/ each "
                      "shard writes DIR/shard-K-of-N.h5; join them with `probe combine`")
+    cap.add_argument("--stream", choices=["auto", "batch", "layer"], default="auto",
+                     help="batch: write whole batches in a background thread (fast); layer: "
+                     "write each layer as soon as it is computed (memory holds one layer: long "
+                     "sequences, big models); auto (default): layer for batches whose captured "
+                     "tensors would exceed 256 MiB. The file is the same either way")
     cap.add_argument("--quiet", action="store_true", help="no progress bar")
     cap.set_defaults(func=cmd_capture)
 

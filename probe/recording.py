@@ -119,6 +119,14 @@ class Recorder:
         self._pending: dict[int, dict[str, torch.Tensor]] = {}
         self._call: dict = {}
         self._factors = ValueNormFactors()
+        #: None, or ``f(layer, {component: tensor [batch, ...]}, spans)``: each layer's
+        #: tensors go there as soon as they are computed and are not kept (layer streaming);
+        #: the forward call then makes no Capture
+        self.stream = None
+
+    def keeps(self, layer: int, component: str) -> bool:
+        """Whether ``component`` of layer ``layer`` is captured."""
+        return component in self.plan.get(layer, ())
 
     def reset(self) -> None:
         """Forget a forward call in progress (on detach)."""
@@ -171,8 +179,18 @@ class Recorder:
         if "sink" in wanted:
             got["sink"] = pick(sink) if sink is not None else pattern.new_zeros(
                 (pattern.shape[0], len(heads), pattern.shape[2]))
-        got = {c: got[c] for c in names.COMPONENTS if c in got}
-        self._pending[layer.index] = {c: t.detach() for c, t in got.items()}
+        got = {c: got[c].detach() for c in names.COMPONENTS if c in got}
+        if self.stream is not None:
+            self._pending[layer.index] = {}  # seen: checked in after_forward
+            self.stream(layer.index, got, self._spans(query.shape[0], query.shape[-2]))
+            return
+        self._pending[layer.index] = got
+
+    def _spans(self, batch: int, width: int) -> list[tuple[int, int]]:
+        """The rows' real-token spans of the current call (from its 2D mask), made once."""
+        if "spans" not in self._call:
+            self._call["spans"] = spans_of(self._call.get("attention_mask"), batch, width)
+        return self._call["spans"]
 
     def _head_axes(self, index: int, n_heads: int, n_kv: int):
         """``(query heads, kv heads)`` layer ``index`` keeps, checked against the call's sizes."""
@@ -215,6 +233,8 @@ class Recorder:
                 "forward call; this model routes some attention around transformers' "
                 "AttentionInterface, so probe cannot capture it"
             )
+        if self.stream is not None:
+            return None
         arrays = {names.key(layer, component): to_numpy(tensor)
                   for layer, tensors in pending.items() for component, tensor in tensors.items()}
         first = next(iter(arrays.values()))

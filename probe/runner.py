@@ -70,14 +70,17 @@ def _windows(records, window):
 def validate_input(probe, make_records, *, truncate: bool, window: int):
     """One streaming pass over the input: every error found before anything is written.
 
-    Returns ``(n_examples, sha256 of the texts and metadata)``.
+    Returns ``(n_examples, sha256 of the texts and metadata, typical sizes)``, the last the
+    mean number of tokens and of tokens squared per example (what chunks are sized by).
     """
     digest = hashlib.sha256()
-    n = 0
+    n, tokens, squares = 0, 0, 0
     max_len = max_length_of(probe.model, probe.tokenizer)
     for chunk in _windows(make_records(), window):
-        encode(probe.tokenizer, [r.text for r in chunk], max_length=max_len, truncate=truncate,
-               ids=[_name(r) for r in chunk])
+        enc = encode(probe.tokenizer, [r.text for r in chunk], max_length=max_len,
+                     truncate=truncate, ids=[_name(r) for r in chunk])
+        tokens += sum(len(x) for x in enc.ids)
+        squares += sum(len(x) ** 2 for x in enc.ids)
         for r in chunk:
             digest.update(r.text.encode("utf-8"))
             digest.update(b"\0")
@@ -86,7 +89,7 @@ def validate_input(probe, make_records, *, truncate: bool, window: int):
         n += len(chunk)
     if n == 0:
         raise InputError("the input holds no texts")
-    return n, digest.hexdigest()
+    return n, digest.hexdigest(), (tokens / n, squares / n)
 
 
 def _name(record) -> str:
@@ -142,6 +145,19 @@ def _short(value) -> str:
     return text if len(text) < 80 else text[:60] + "...]"
 
 
+#: ``stream="auto"`` streams layer by layer a batch whose captured tensors would exceed this
+STREAM_ABOVE_BYTES = 256 << 20
+STREAM_MODES = ("auto", "batch", "layer")
+
+
+def streams_layers(stream: str, writer: RunWriter, n_rows: int, width: int) -> bool:
+    """Whether a batch of ``n_rows`` rows padded to ``width`` tokens is written layer by layer
+    (see :func:`capture_to_file`'s ``stream``); float32 in memory is assumed."""
+    if stream != "auto":
+        return stream == "layer"
+    return writer.values_per_batch(n_rows, width) * 4 > STREAM_ABOVE_BYTES
+
+
 class _Writer(threading.Thread):
     """Writes captured batches in the background so packing and disk I/O overlap the next
     forward pass.
@@ -180,6 +196,7 @@ class _Writer(threading.Thread):
             finally:
                 item = rows = batch = None  # the batch's arrays go before its slot does
                 self.slots.release()
+                self.queue.task_done()
 
     def reserve(self):
         """Wait for a free slot before the next forward pass (see the class docstring)."""
@@ -193,6 +210,12 @@ class _Writer(threading.Thread):
         if self.error is not None:
             raise self.error
         self.queue.put(rows)
+
+    def wait(self):
+        """Return once every queued batch is written (raises the writer's error, if any)."""
+        self.queue.join()
+        if self.error is not None:
+            raise self.error
 
     def stop(self):
         self.queue.put(None)
@@ -239,7 +262,7 @@ def make_parent(path) -> None:
 def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: str = "float32",
                     compression: str | None = None, resume: bool = False, truncate: bool = False,
                     window: int = 2048, progress: bool = False, input_name: str | None = None,
-                    queue_batches: int = 2, shard=None):
+                    queue_batches: int = 2, shard=None, stream: str = "auto"):
     """Capture every record of ``make_records()`` into the run file ``out``; returns the Run.
 
     ``make_records`` is a zero-argument callable returning a fresh iterator of
@@ -247,7 +270,16 @@ def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: st
     ``shard="K/N"`` captures only input windows w with w % N == K: N processes with
     K = 0..N-1 cover the input with exactly the batches of an unsharded run, and
     :func:`probe.store.combine` joins their files.
+
+    ``stream``: ``"batch"`` captures a whole batch, then a writer thread writes it while the
+    next batch runs (fast; memory holds every captured layer of up to ``queue_batches``
+    batches); ``"layer"`` writes each layer's tensors as soon as the layer is computed,
+    inside the forward pass (memory holds one layer: long sequences, big models);
+    ``"auto"`` (default) streams the batches whose captured tensors would exceed
+    :data:`STREAM_ABOVE_BYTES`. The file is the same either way.
     """
+    if stream not in STREAM_MODES:
+        raise InputError(f"stream must be one of {', '.join(STREAM_MODES)}, got {stream!r}")
     shard_k, shard_n = parse_shard(shard)
     out = os.fspath(out)
     compression_args(compression)  # validate before any work
@@ -261,7 +293,8 @@ def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: st
     if exists and not resume:
         raise InputError(f"{out} already exists; pass --resume (resume=True) to continue it, or "
                          "choose another output path (probe never overwrites a run)")
-    n_examples, input_sha = validate_input(probe, make_records, truncate=truncate, window=window)
+    n_examples, input_sha, typical = validate_input(probe, make_records, truncate=truncate,
+                                                    window=window)
     stored = list(probe.stored_keys)
     settings = {"keys": list(probe.exposed_keys), "stored_keys": stored, "dtype": dtype,
                 "compression": compression or "none", "truncate": truncate,
@@ -276,7 +309,7 @@ def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: st
         return _capture(probe, make_records, out, exists, settings, n_examples, stored,
                         dtype=dtype, compression=compression, truncate=truncate, window=window,
                         progress=progress, queue_batches=queue_batches, batch_size=batch_size,
-                        shard_k=shard_k, shard_n=shard_n)
+                        shard_k=shard_k, shard_n=shard_n, stream=stream, typical=typical)
     finally:
         _STOP["active"] -= 1
         if not _STOP["active"]:
@@ -284,7 +317,8 @@ def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: st
 
 
 def _capture(probe, make_records, out, exists, settings, n_examples, stored, *, dtype,
-             compression, truncate, window, progress, queue_batches, batch_size, shard_k, shard_n):
+             compression, truncate, window, progress, queue_batches, batch_size, shard_k, shard_n,
+             stream, typical):
     if exists:
         with open_file(out) as f:
             check_schema(f, out)
@@ -300,7 +334,7 @@ def _capture(probe, make_records, out, exists, settings, n_examples, stored, *, 
         sizes, head_map = _key_sizes(probe, next(iter(make_records())).text, stored)
         attrs["head_map"] = head_map_attr(head_map)
         writer = RunWriter.create(out, attrs, sizes, dtype=dtype, compression=compression,
-                                  n_examples=n_examples)
+                                  n_examples=n_examples, typical=typical)
 
     done = np.zeros(n_examples, bool)
     done[writer.done_examples()] = True
@@ -333,19 +367,19 @@ def _capture(probe, make_records, out, exists, settings, n_examples, stored, *, 
                     raise ProbeError(f"{out} holds part of a batch; the file was not written "
                                      "by this batch plan. Write to a new file")
                 _check_stop(out, writer)
-                background.reserve()
-                capture = probe.capture_ids([enc.ids[j] for j in rows])
-                batch_rows = []
-                for pos, j in enumerate(rows):
-                    ex, record = capture[pos], chunk[j]
-                    meta = dict(record.meta)
-                    if enc.truncated[j]:
-                        meta["truncated"] = True
-                    batch_rows.append(BatchRow(index=start + j, tokens=ex.tokens,
-                                               input_ids=ex.input_ids, text=record.text,
-                                               meta=meta))
-                background.put((batch_rows, capture.batch))
-                capture = ex = None  # the writer holds the only reference now: see _Writer
+                ids = [enc.ids[j] for j in rows]
+                if streams_layers(stream, writer, len(ids), max(len(x) for x in ids)):
+                    background.wait()  # earlier batches first: rows stay in batch order
+                    probe.stream_ids(ids, lambda layer, got, spans: [
+                        writer.write_key(names.key(layer, c), t, spans) for c, t in got.items()])
+                    writer.commit(_batch_rows(chunk, rows, start, enc, [
+                        (probe.tokenizer.convert_ids_to_tokens(x), x) for x in ids]))
+                else:
+                    background.reserve()
+                    capture = probe.capture_ids(ids)
+                    background.put((_batch_rows(chunk, rows, start, enc, [
+                        (ex.tokens, ex.input_ids) for ex in capture]), capture.batch))
+                    capture = None  # the writer holds the only reference now: see _Writer
                 bar.update(len(rows))
             start += n_chunk
         background.stop()
@@ -367,6 +401,19 @@ def _capture(probe, make_records, out, exists, settings, n_examples, stored, *, 
         raise write_failed(failure.cause, out,
                            failure.committed if committed is None else committed) from None
     return open_run(out)
+
+
+def _batch_rows(chunk, rows, start, enc, tokens_and_ids) -> list[BatchRow]:
+    """What the file stores of each row of a batch besides its tensors: rows ``rows`` of the
+    input window ``chunk`` (which starts at input index ``start``), with their tokens and ids."""
+    batch_rows = []
+    for j, (tokens, input_ids) in zip(rows, tokens_and_ids):
+        meta = dict(chunk[j].meta)
+        if enc.truncated[j]:
+            meta["truncated"] = True
+        batch_rows.append(BatchRow(index=start + j, tokens=tokens, input_ids=input_ids,
+                                   text=chunk[j].text, meta=meta))
+    return batch_rows
 
 
 def _drain(background) -> None:

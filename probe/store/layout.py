@@ -241,11 +241,20 @@ def check_dtype(dtype: str) -> None:
 
 
 def tensor_options(component: str, sizes, *, dtype: str, compression: str | None,
-                   n_examples: int) -> dict:
+                   n_examples: int, typical=None) -> dict:
     """h5py ``create_dataset`` keywords of a new, empty tensor dataset. Chunks are sized for
     about 64 chunks per dataset over ``n_examples`` examples, between 1 Ki and 256 Ki
-    elements, so small runs stay small and large ones read fast."""
-    per_example = per_unit_of(sizes) * TYPICAL_TOKENS ** (2 if unit_of(component) == "square" else 1)
+    elements, so small runs stay small and large ones read fast. ``typical`` is the mean
+    number of tokens and of tokens squared per example (default: 32 tokens); long sequences
+    need it: HDF5 keeps per-chunk bookkeeping in memory, and one 4,096-token example cut into
+    1 Ki-element chunks cost 420 MiB of it (benchmarks/long_sequence.py).
+
+    >>> tensor_options("pattern", [4, 0, 0], dtype="float16", compression=None, n_examples=1,
+    ...                typical=(4096, 4096 ** 2))["chunks"]
+    (262144,)
+    """
+    tokens, squares = typical or (TYPICAL_TOKENS, TYPICAL_TOKENS ** 2)
+    per_example = per_unit_of(sizes) * (squares if unit_of(component) == "square" else tokens)
     chunk = 1 << int(np.ceil(np.log2(max(n_examples * per_example / 64, 1))))
     chunk = int(np.clip(chunk, MIN_CHUNK_ELEMENTS, CHUNK_ELEMENTS))
     return {"shape": (0,), "maxshape": (None,), "dtype": DTYPES[dtype], "chunks": (chunk,),

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from .. import names
-from ..captures import CapturedBatch
+from ..captures import CapturedBatch, pack_pieces, packed_size
 from ..errors import ProbeError
 from ..lock import WriterLock
 from .errors import (WriteFailedError, close_after_failure, close_or_detach, detach,
@@ -29,6 +29,10 @@ from .files import (acquire_lock, check_contents, check_schema, committed_on_dis
 from .layout import (BYTE_STREAMS, DTYPES, INDEX_FIELDS, SCHEMA, SCHEMA_VERSION, STATE, STREAMS,
                      check_dtype, committed_extent, dataset_path, per_unit_of, stored_keys,
                      tensor_attrs, tensor_options, to_attr, write_tensor_attrs)
+
+#: the most values :meth:`RunWriter.write_key` packs at once (8 MiB in float16)
+PIECE_VALUES = 1 << 22
+
 
 @dataclass(frozen=True)
 class BatchRow:
@@ -80,18 +84,20 @@ class RunWriter:
 
     @classmethod
     def create(cls, path, attrs: dict, key_specs: dict, *, dtype: str, compression: str | None,
-               n_examples: int = 1 << 20):
+               n_examples: int = 1 << 20, typical=None):
         """New file with every dataset created up front (SWMR allows no new objects later).
 
         ``key_specs`` maps stored keys to their fixed sizes per axis (0 for the token axes);
-        chunks are sized from ``n_examples`` (see :func:`~probe.store.layout.tensor_options`).
+        chunks are sized from ``n_examples`` and ``typical``, the mean tokens and tokens
+        squared per example (see :func:`~probe.store.layout.tensor_options`).
         The file is built under a temporary name and linked into place once in SWMR mode, so
         a crash during creation never leaves a half-made run at ``path``.
         """
         check_dtype(dtype)
         with quiet_failed_closes():
             f, lock = _create_file(os.fspath(path), attrs, key_specs, dtype=dtype,
-                                   compression=compression, n_examples=n_examples)
+                                   compression=compression, n_examples=n_examples,
+                                   typical=typical)
             return cls(f, dtype, lock, path=os.fspath(path))
 
     @classmethod
@@ -114,6 +120,12 @@ class RunWriter:
             raise
         return writer
 
+    def values_per_batch(self, n_rows: int, width: int) -> int:
+        """Values of every stored key for ``n_rows`` rows padded to ``width`` tokens (what a
+        captured batch holds in memory before it is written)."""
+        return sum(per_unit * n_rows * (width if unit == "token" else width * width)
+                   for _, unit, per_unit in self._key_ds.values())
+
     def done_examples(self) -> np.ndarray:
         """Input indices of the committed rows."""
         return self.f["index/example"][: self.n_done]
@@ -126,26 +138,64 @@ class RunWriter:
         in row order`` (what :meth:`~probe.captures.CapturedBatch.packed` returns); see
         :class:`_Packer` for how a batch is packed.
         """
-        if self.failed is not None:
-            raise ProbeError(f"{self.path}: an earlier write failed; close this writer and "
-                             "resume the run")
+        self._check_usable()
         with self._refused_writes():
             n, streams = encode_rows(rows, self.extent)
             for key in self.stored_keys:
                 ds, unit, per_unit = self._key_ds[key]
-                units = n.sum() if unit == "token" else (n * n).sum()
-                extend(ds, self._packer.pack(key, packed, units * per_unit))
-            for name, data in streams.items():
-                extend(self._ds[name], data)
-            self.f.flush()
-            # commit: only now does the batch count (the counter moves once the commit is on disk)
-            self._ds["state/n_done"][0] = self.n_done + len(rows)
-            self.f.flush()
-            self.n_done += len(rows)
-            self.extent["token"] += int(n.sum())
-            self.extent["square"] += int((n * n).sum())
-            for name in BYTE_STREAMS:
-                self.extent[name] += streams[name].shape[0]
+                extend(ds, self._packer.pack(key, packed, _units(unit, n) * per_unit))
+            self._commit(rows, n, streams)
+
+    def write_key(self, key: str, source, spans) -> None:
+        """Append one key of the batch being written, before :meth:`commit` (layer streaming).
+
+        ``source`` is the key's padded torch tensor ``[batch, ...]`` (any device) and
+        ``spans`` each row's ``(start, stop)``; its rows are cut, cast and appended in pieces
+        of at most :data:`PIECE_VALUES` values, so writing holds no copy of the tensor (the
+        point of streaming long sequences). Nothing counts until :meth:`commit`:
+        after a crash the partial batch is dropped on resume, like any uncommitted row.
+        """
+        self._check_usable()
+        if key not in self._key_ds:
+            raise ProbeError(f"{key} is not stored in {self.path}")
+        ds = self._key_ds[key][0]
+        with self._refused_writes():
+            for piece in self._packer.pieces(key, source, spans):
+                extend(ds, piece)
+
+    def commit(self, rows: Sequence[BatchRow]) -> None:
+        """Commit a batch whose every key was appended by :meth:`write_key`; a key missing
+        or of the wrong size is an error (nothing is committed)."""
+        self._check_usable()
+        n, streams = encode_rows(rows, self.extent)
+        for key in self.stored_keys:
+            ds, unit, per_unit = self._key_ds[key]
+            want = (self.extent[unit] + _units(unit, n)) * per_unit
+            if ds.shape[0] != want:
+                raise ProbeError(f"{self.path}: {key} holds {ds.shape[0]} values where this "
+                                 f"batch's commit needs {want}; the batch is not committed")
+        with self._refused_writes():
+            self._commit(rows, n, streams)
+
+    def _commit(self, rows, n, streams) -> None:
+        """Append the rows' index and byte streams (:func:`encode_rows`), then advance the
+        committed count."""
+        for name, data in streams.items():
+            extend(self._ds[name], data)
+        self.f.flush()
+        # commit: only now does the batch count (the counter moves once the commit is on disk)
+        self._ds["state/n_done"][0] = self.n_done + len(rows)
+        self.f.flush()
+        self.n_done += len(rows)
+        for unit in ("token", "square"):
+            self.extent[unit] += _units(unit, n)
+        for name in BYTE_STREAMS:
+            self.extent[name] += streams[name].shape[0]
+
+    def _check_usable(self) -> None:
+        if self.failed is not None:
+            raise ProbeError(f"{self.path}: an earlier write failed; close this writer and "
+                             "resume the run")
 
     @contextlib.contextmanager
     def _refused_writes(self):
@@ -197,6 +247,7 @@ class _Packer:
         self.name = dtype  # "float32", "float16" or "bfloat16" (stored as uint16 bit patterns)
         self.dtype = DTYPES[dtype]
         self._buffer: np.ndarray | None = None
+        self._piece_buffer: np.ndarray | None = None
 
     def pack(self, key: str, packed, size: int) -> np.ndarray:
         """The ``size`` values of ``key`` in the writer's dtype, from a batch or a mapping
@@ -211,6 +262,18 @@ class _Packer:
         if data.shape != (size,):
             raise ProbeError(f"{key}: got {data.shape[0]} values for a batch that needs {size}")
         return data.astype(self.dtype, copy=False)
+
+    def pieces(self, key: str, source, spans):
+        """The values of one key's padded torch tensor ``[batch, ...]``, cut to ``spans``, in
+        the writer's dtype, as consecutive pieces in a reused buffer of at most
+        :data:`PIECE_VALUES` values (:func:`~probe.captures.pack_pieces`)."""
+        _, component = names.parse_key(key)
+        target = self.name if self.name == "bfloat16" else self.dtype
+        size = min(packed_size(component, source.shape, spans), PIECE_VALUES)
+        buffer = self._piece_buffer
+        if buffer is None or buffer.shape[0] < size:
+            buffer = self._piece_buffer = np.empty(PIECE_VALUES, self.dtype)
+        return pack_pieces(source, component, spans, target, buffer[:size])
 
     def _scratch(self, size: int) -> np.ndarray:
         """The reused buffer, grown (by half again, to grow rarely) when too small."""
@@ -253,7 +316,7 @@ def _truncate(f: h5py.File, n_done: int, extent: dict, tensors) -> None:
 
 
 def _fill_new(f: h5py.File, attrs: dict, key_specs: dict, *, dtype: str,
-              compression: str | None, n_examples: int) -> None:
+              compression: str | None, n_examples: int, typical=None) -> None:
     """Every attribute and (empty) dataset of a new run, as :mod:`~probe.store.layout` says."""
     for k, v in attrs.items():
         f.attrs[k] = to_attr(v)
@@ -268,7 +331,8 @@ def _fill_new(f: h5py.File, attrs: dict, key_specs: dict, *, dtype: str,
     for key, sizes in key_specs.items():
         _, component = names.parse_key(key)
         ds = f.create_dataset(dataset_path(key), **tensor_options(
-            component, sizes, dtype=dtype, compression=compression, n_examples=n_examples))
+            component, sizes, dtype=dtype, compression=compression, n_examples=n_examples,
+            typical=typical))
         write_tensor_attrs(ds, component, sizes, per_unit_of(sizes), dtype)
 
 
@@ -321,6 +385,11 @@ def bfloat16_bits(values) -> np.ndarray:
 
     t = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
     return t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+
+
+def _units(unit: str, n: np.ndarray) -> int:
+    """Units (tokens, or cells of n_tokens**2) of rows of ``n`` tokens."""
+    return int(n.sum()) if unit == "token" else int((n * n).sum())
 
 
 def _starts(lengths) -> np.ndarray:
