@@ -109,6 +109,39 @@ def attend_with_sink(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
     return scores, pattern, z, sink
 
 
+def attend_in_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                     mask: torch.Tensor | None, scaling: float, *, block: int,
+                     softcap: float | None = None, sinks: torch.Tensor | None = None,
+                     on_block=None):
+    """:func:`attend_with_sink` over blocks of ``block`` query rows: returns ``z, sink`` of the
+    whole sequence while holding one block's scores and pattern ``[batch, head, block, key]``
+    at a time. ``on_block(start, stop, scores, pattern)`` sees each block's (what a caller
+    keeps of them). The softmax is per query row, so blocks change no formula; matrix
+    products over fewer rows may round differently in the last bit.
+
+    >>> q = torch.randn(1, 2, 7, 4); k = torch.randn(1, 1, 7, 4); v = torch.randn(1, 1, 7, 4)
+    >>> z, _ = attend_in_blocks(q, k, v, None, 0.5, block=3)
+    >>> bool(torch.allclose(z, attend(q, k, v, None, 0.5)[2], atol=1e-6))
+    True
+    """
+    n = q.shape[-2]
+    z = sink = None
+    for start in range(0, n, block):
+        stop = min(start + block, n)
+        rows = mask if mask is None or mask.shape[-2] == 1 else mask[..., start:stop, :]
+        scores, pattern, z_rows, sink_rows = attend_with_sink(
+            q[..., start:stop, :], k, v, rows, scaling, softcap=softcap, sinks=sinks)
+        if z is None:
+            z = z_rows.new_empty((*z_rows.shape[:-2], n, z_rows.shape[-1]))
+            sink = sink_rows.new_empty((*sink_rows.shape[:-1], n))
+        z[..., start:stop, :] = z_rows
+        sink[..., start:stop] = sink_rows
+        if on_block is not None:
+            on_block(start, stop, scores, pattern)
+        scores = pattern = None
+    return z, sink
+
+
 def head_output_weights(w_o: torch.Tensor, n_heads: int) -> torch.Tensor:
     """Split W_O (nn.Linear layout ``[d_model, head * d_head]``) into per-head slices.
 

@@ -32,7 +32,7 @@ import torch
 
 from . import names
 from .architectures import attention_layers
-from .attention import additive_mask, attend_with_sink, repeat_kv
+from .attention import additive_mask, attend_in_blocks, attend_with_sink, repeat_kv
 from .backends import REGISTRY, restore, switch_to
 from .captures import Capture
 from .errors import InputError, ProbeError, UnsupportedModelError
@@ -60,15 +60,22 @@ def _probe_attention(module, query, key, value, attention_mask, scaling=None, dr
     mask = additive_mask(attention_mask, query.dtype)
     if mask is not None and mask.shape[-1] != key.shape[-2]:
         mask = mask[..., : key.shape[-2]]
-    scores, pattern, z, sink = attend_with_sink(query, key, value, mask, scaling,
-                                                softcap=softcap, sinks=s_aux)
-    if dropout and module.training:
-        dropped = torch.nn.functional.dropout(pattern, p=dropout, training=True)
-        z = torch.matmul(dropped, repeat_kv(value, query.shape[1]))
     entry = REGISTRY.entry(module)
+    probe = layer = None
     if entry is not None:
         probe, layer = entry
         layer = probe._recorder.layer_of_call(layer)  # a shared module (ALBERT): several layers
+    block = _query_block(probe, module, query, key, dropout)
+    if block:  # a long sequence: one block of rows' scores and pattern at a time
+        scores, pattern, z, sink = _attend_kept_in_blocks(
+            probe._recorder, layer.index, query, key, value, mask, scaling, softcap, s_aux, block)
+    else:
+        scores, pattern, z, sink = attend_with_sink(query, key, value, mask, scaling,
+                                                    softcap=softcap, sinks=s_aux)
+        if dropout and module.training:
+            dropped = torch.nn.functional.dropout(pattern, p=dropout, training=True)
+            z = torch.matmul(dropped, repeat_kv(value, query.shape[1]))
+    if probe is not None:
         if not probe._recorder.keeps(layer.index, "scores"):
             scores = None  # a pattern-sized tensor freed before the layer is recorded
         if probe.intervention is not None:  # probe.patching: may replace pattern and/or z
@@ -77,11 +84,53 @@ def _probe_attention(module, query, key, value, attention_mask, scaling=None, dr
                 pattern, z = changed
         probe._record(layer, query, key, value, scores, pattern, z, mask, sink=sink,
                       facts={"scaling": scaling, "softcap": softcap, "sink": s_aux is not None,
-                             "sliding_window": kwargs.get("sliding_window")})
-    return z.transpose(1, 2).contiguous(), pattern
+                             "sliding_window": kwargs.get("sliding_window")},
+                      heads_cut=bool(block))
+    # in blocks, no whole pattern of every head exists: the model gets none (as from sdpa)
+    return z.transpose(1, 2).contiguous(), None if block else pattern
 
 
 REGISTRY.define(BACKEND, _probe_attention)
+
+#: a layer whose scores would take more than this is computed over blocks of query rows
+BLOCKS_ABOVE_BYTES = 64 << 20
+#: the size of one block's scores
+BLOCK_BYTES = 16 << 20
+
+
+def _query_block(probe, module, query, key, dropout) -> int | None:
+    """Query rows a block when this call is computed in blocks (a captured layer whose scores
+    exceed :data:`BLOCKS_ABOVE_BYTES`, with no intervention and no dropout), else None."""
+    if probe is None or probe.intervention is not None or (dropout and module.training):
+        return None
+    batch, heads, n, _ = query.shape
+    row = batch * heads * key.shape[-2] * query.element_size()  # one query row's scores
+    if row * n <= BLOCKS_ABOVE_BYTES:
+        return None
+    return max(1, BLOCK_BYTES // row)
+
+
+def _attend_kept_in_blocks(recorder, index, query, key, value, mask, scaling, softcap, sinks,
+                           block):
+    """Attention over query blocks (:func:`~probe.attention.attend_in_blocks`), keeping of
+    scores and pattern only the heads the recorder captures (whole tensors of those heads
+    alone; None when not captured). Returns ``scores, pattern, z, sink`` with scores, pattern
+    and sink already cut to the recorded heads."""
+    heads, _ = recorder.head_axes(index, query.shape[1], key.shape[1])
+    pick = torch.tensor(heads, device=query.device)
+    every = tuple(heads) == tuple(range(query.shape[1]))
+    shape = (query.shape[0], len(heads), query.shape[2], key.shape[2])
+    kept = {c: query.new_empty(shape) for c in ("scores", "pattern") if recorder.keeps(index, c)}
+
+    def keep(start, stop, scores, pattern):
+        for name, rows in (("scores", scores), ("pattern", pattern)):
+            if name in kept:
+                kept[name][:, :, start:stop] = rows if every else rows.index_select(1, pick)
+
+    z, sink = attend_in_blocks(query, key, value, mask, scaling, block=block, softcap=softcap,
+                               sinks=sinks, on_block=keep)
+    sink = sink if every else sink.index_select(1, pick)
+    return kept.get("scores"), kept.get("pattern"), z, sink
 
 
 def select_keys(layers, chosen_layers, keys, heads=None) -> tuple[list[str], dict[int, frozenset]]:

@@ -149,7 +149,10 @@ class Recorder:
         counts[id(layer.module)] = k + 1
         return uses[k % len(uses)]
 
-    def record(self, layer, query, key, value, scores, pattern, z, mask, sink=None, facts=None):
+    def record(self, layer, query, key, value, scores, pattern, z, mask, sink=None, facts=None,
+               heads_cut=False):
+        """Keep (or stream) what the plan wants of one layer's call. ``heads_cut``: scores,
+        pattern and sink are already cut to the layer's heads (computed in blocks)."""
         if facts is not None:  # what the model passed to its attention function, per layer
             self.layer_facts[layer.index] = facts
         wanted = self.plan.get(layer.index)
@@ -162,14 +165,15 @@ class Recorder:
                 "the model with use_cache=False and without past_key_values"
             )
         n_heads, n_kv = query.shape[1], key.shape[1]
-        heads, kv_heads = self._head_axes(layer.index, n_heads, n_kv)
+        heads, kv_heads = self.head_axes(layer.index, n_heads, n_kv)
         # per-head tensors keep only the selected heads (a copy of those heads alone: the full
         # tensors the backend made for the model are not kept); k and v the kv heads they read
         pick = _picker(heads, n_heads, query.device)
         pick_kv = _picker(kv_heads, n_kv, query.device)
+        pick_cut = (lambda t: t) if heads_cut else pick
         got = {name: cut(tensor) for name, tensor, cut in (
             ("q", query, pick), ("k", key, pick_kv), ("v", value, pick_kv),
-            ("scores", scores, pick), ("pattern", pattern, pick), ("z", z, pick))
+            ("scores", scores, pick_cut), ("pattern", pattern, pick_cut), ("z", z, pick))
             if name in wanted}
         if "scores" in got and mask is not None:
             got["scores"] = self._fill_masked(got["scores"], mask)
@@ -177,8 +181,8 @@ class Recorder:
             factor = self._factors.get(layer, n_heads, value.shape[-1], value)
             got["value_norm"] = pick(value_norms_with(value.detach(), factor))
         if "sink" in wanted:
-            got["sink"] = pick(sink) if sink is not None else pattern.new_zeros(
-                (pattern.shape[0], len(heads), pattern.shape[2]))
+            got["sink"] = pick_cut(sink) if sink is not None else query.new_zeros(
+                (query.shape[0], len(heads), query.shape[2]))
         got = {c: got[c].detach() for c in names.COMPONENTS if c in got}
         if self.stream is not None:
             self._pending[layer.index] = {}  # seen: checked in after_forward
@@ -192,7 +196,7 @@ class Recorder:
             self._call["spans"] = spans_of(self._call.get("attention_mask"), batch, width)
         return self._call["spans"]
 
-    def _head_axes(self, index: int, n_heads: int, n_kv: int):
+    def head_axes(self, index: int, n_heads: int, n_kv: int):
         """``(query heads, kv heads)`` layer ``index`` keeps, checked against the call's sizes."""
         heads = self.heads.get(index)
         if heads is None:
