@@ -42,7 +42,7 @@ from .backends import REGISTRY
 from .captures import Capture
 from .errors import InputError, UnsupportedModelError
 from .inputs import device_of, pad, pad_id_of
-from .lifecycle import ProbeLifecycle
+from .lifecycle import ProbeLifecycle, capture_forward, run_forward
 from .recording import Recorder
 
 BACKEND = "probe_capture"
@@ -219,7 +219,7 @@ class AttentionProbe(ProbeLifecycle):
         >>> cap[1].tokens, cap[1]["blocks.0.attn.pattern"].shape, cap.batch.spans
         (['[CLS]', 'no', '.', '[SEP]'], (12, 4, 4), [(0, 5), (0, 4)])
         """
-        return self._capture_forward(**self._padded(rows, "capture_ids()"))
+        return capture_forward(self, **self._padded(rows, "capture_ids()"))
 
     def stream_ids(self, rows, on_layer) -> None:
         """One forward of token id rows (as :meth:`capture_ids`) whose tensors are handed over
@@ -240,7 +240,7 @@ class AttentionProbe(ProbeLifecycle):
         inputs = self._padded(rows, "stream_ids()")
         self._recorder.stream = on_layer
         try:
-            self._run_forward(**inputs)
+            run_forward(self, **inputs)
         finally:
             self._recorder.stream = None
 

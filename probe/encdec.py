@@ -49,7 +49,7 @@ from .encdec_keys import select_encdec_keys
 from .encdec_recording import EncDecExample, EncDecRecorder
 from .errors import InputError, UnsupportedModelError
 from .inputs import device_of, pad, pad_id_of
-from .lifecycle import ProbeLifecycle
+from .lifecycle import ProbeLifecycle, capture_forward
 
 __all__ = ["BACKEND", "EncDecExample", "EncoderDecoderProbe"]
 
@@ -207,8 +207,8 @@ class EncoderDecoderProbe(ProbeLifecycle):
         if decoder_input_ids is None:
             decoder_input_ids = [[self.decoder_start()]] * n
         dec_ids, dec_mask = pad([list(r) for r in decoder_input_ids], self.decoder_pad(), device)
-        return self._capture_forward(**inputs, decoder_input_ids=dec_ids,
-                                     decoder_attention_mask=dec_mask)
+        return capture_forward(self, **inputs, decoder_input_ids=dec_ids,
+                               decoder_attention_mask=dec_mask)
 
     def run_to_file(self, *args, **kwargs):
         """Not available yet: encoder-decoder captures cannot be written to a run file

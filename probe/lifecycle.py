@@ -59,7 +59,6 @@ class ProbeLifecycle:
         self._forward_options = no_cache(model)
         self._pauses = 0
 
-    # ----------------------------------------------------------------- what subclasses give
     def _bindings(self) -> Iterator[tuple]:
         """``(name, module, entry)`` per attention module the backend serves: ``(self, *entry)``
         is bound to the module in the registry, for the backend to find on every call."""
@@ -72,7 +71,6 @@ class ProbeLifecycle:
         return [(self.model, self._recorder.before_forward, True),
                 (self.model, self._recorder.after_forward, False)]
 
-    # ----------------------------------------------------------------- attach / detach
     def __enter__(self):
         return self.attach()
 
@@ -120,7 +118,6 @@ class ProbeLifecycle:
             raise ProbeError(f"{what} needs an attached probe: use "
                              f"`with {type(self).__name__}(...) as p:`")
 
-    # ----------------------------------------------------------------- state
     @property
     def original_attn_implementation(self) -> str | None:
         """The model's own attention implementation, restored on leaving (None before)."""
@@ -153,7 +150,6 @@ class ProbeLifecycle:
         """Forget what was captured so far (frees the memory)."""
         self.captures.clear()
 
-    # ----------------------------------------------------------------- pausing
     @property
     def recording(self) -> bool:
         """False inside :meth:`paused`."""
@@ -170,23 +166,28 @@ class ProbeLifecycle:
         finally:
             self._pauses -= 1
 
-    # ----------------------------------------------------------------- one forward
-    def _run_forward(self, **inputs) -> None:
-        """One eval-mode forward under ``torch.inference_mode`` without a key/value cache."""
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                self.model(**inputs, **self._forward_options)
-        finally:
-            self.model.train(was_training)
 
-    def _capture_forward(self, **inputs):
-        """:meth:`_run_forward`'s Capture, taken out of :attr:`captures`."""
-        before = len(self.captures)
-        self._run_forward(**inputs)
-        if len(self.captures) == before:
-            raise ProbeError("the forward call captured nothing" + (
-                ": recording is paused (leave the paused() block first)" if not self.recording
-                else ": no attention layer of the probe ran"))
-        return self.captures.pop()
+
+def run_forward(probe: ProbeLifecycle, **inputs) -> None:
+    """One eval-mode forward of ``probe.model`` on ``inputs`` under ``torch.inference_mode``,
+    with the probe's :attr:`~ProbeLifecycle.forward_options` (no key/value cache): the forward
+    that both probes' id calls make."""
+    model = probe.model
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            model(**inputs, **probe.forward_options)
+    finally:
+        model.train(was_training)
+
+
+def capture_forward(probe: ProbeLifecycle, **inputs):
+    """:func:`run_forward`'s Capture, taken out of ``probe.captures``."""
+    before = len(probe.captures)
+    run_forward(probe, **inputs)
+    if len(probe.captures) == before:
+        raise ProbeError("the forward call captured nothing" + (
+            ": recording is paused (leave the paused() block first)" if not probe.recording
+            else ": no attention layer of the probe ran"))
+    return probe.captures.pop()
