@@ -11,14 +11,16 @@ it was asked for (nothing inside ``with p.paused():``). On leaving, even through
 the hooks are removed and the model's own attention implementation is restored, so the model
 is exactly as it was.
 
-This module's one job is that backend, the choice of what to capture and one
-forward-and-capture call, :meth:`AttentionProbe.capture_ids`. Attaching and detaching are
-:class:`probe.lifecycle.ProbeLifecycle`'s, batching texts :mod:`probe.batching`'s, writing run
-files :mod:`probe.runner`'s; :meth:`AttentionProbe.run` and :meth:`AttentionProbe.run_to_file`
-are their shortcuts. It imports :mod:`probe.lifecycle`, :mod:`probe.recording`,
-:mod:`probe.backends`, :mod:`probe.names`, :mod:`probe.architectures`, :mod:`probe.attention`,
-:mod:`probe.captures`, :mod:`probe.errors` and :mod:`probe.inputs` (and, inside the shortcuts,
-:mod:`probe.batching`, :mod:`probe.readers` and :mod:`probe.runner`).
+This module's one job is that backend and one forward-and-capture call,
+:meth:`AttentionProbe.capture_ids` (and its streaming twin, ``stream_ids``). Attaching and
+detaching are :class:`probe.lifecycle.ProbeLifecycle`'s, choosing keys and heads
+:mod:`probe.selection`'s, batching texts :mod:`probe.batching`'s, writing run files
+:mod:`probe.runner`'s; :meth:`AttentionProbe.run` and :meth:`AttentionProbe.run_to_file` are
+their shortcuts. It imports :mod:`probe.lifecycle`, :mod:`probe.recording`,
+:mod:`probe.selection`, :mod:`probe.backends`, :mod:`probe.names`, :mod:`probe.architectures`,
+:mod:`probe.attention`, :mod:`probe.captures`, :mod:`probe.errors` and :mod:`probe.inputs`
+(and, inside the shortcuts, :mod:`probe.batching`, :mod:`probe.readers` and
+:mod:`probe.runner`).
 
 >>> from probe import AttentionProbe, load_model
 >>> model, tokenizer = load_model()
@@ -44,6 +46,7 @@ from .errors import InputError, UnsupportedModelError
 from .inputs import device_of, pad, pad_id_of
 from .lifecycle import ProbeLifecycle, capture_forward, run_forward
 from .recording import Recorder
+from .selection import heads_per_layer, narrowed_heads, select_keys
 
 BACKEND = "probe_capture"
 
@@ -90,65 +93,6 @@ def _probe_attention(module, query, key, value, attention_mask, scaling=None, dr
 REGISTRY.define(BACKEND, _probe_attention)
 
 
-def select_keys(layers, chosen_layers, keys, heads=None) -> tuple[list[str], dict[int, frozenset]]:
-    """The keys a probe exposes, and per layer the components it must capture for them.
-
-    ``layers``: the model's :class:`~probe.architectures.AttentionLayer` list; ``chosen_layers``
-    and ``keys`` as given to :class:`AttentionProbe`; ``heads``: the parsed head selection
-    (:func:`probe.names.parse_heads`), whose layers are captured too (only they, when
-    ``chosen_layers`` is None).
-    """
-    n = len(layers)
-    heads = heads or {}
-    if chosen_layers is None:
-        chosen = sorted(heads) if heads else list(range(n))
-    else:
-        chosen = []
-        for layer in ([chosen_layers] if isinstance(chosen_layers, int) else chosen_layers):
-            if not -n <= int(layer) < n:
-                raise InputError(f"layer {layer} does not exist: the model has layers 0..{n - 1}")
-            chosen.append(int(layer) % n)
-        chosen += [layer for layer in heads if layer not in chosen]
-    pairs = []
-    # `sink` by default only for models with learned sinks (zeros elsewhere: no information)
-    has_sinks = any(getattr(layer.module, "sinks", None) is not None for layer in layers)
-    default = tuple(c for c in names.COMPONENTS if c != "sink" or has_sinks)
-    for item in ([keys] if isinstance(keys, str) else (keys or default)):
-        if not isinstance(item, str):
-            raise InputError(f"keys must be component names or full keys (strings), got {item!r}; "
-                             f"components: {', '.join(names.COMPONENTS)}")
-        if item.startswith("blocks."):
-            layer, component = names.parse_key(item)
-            if layer >= n:
-                raise InputError(f"{item!r}: the model has layers 0..{n - 1}")
-            pairs.append((layer, component))
-        else:
-            names.normalize_components([item])
-            pairs.extend((layer, item) for layer in chosen)
-    if chosen_layers is not None and keys is not None:
-        pairs = [(layer, c) for layer, c in pairs if layer in chosen]
-    if not pairs:
-        raise InputError("the selection of layers and keys is empty")
-    pairs = sorted(set(pairs), key=lambda lc: (lc[0], names.COMPONENTS.index(lc[1])))
-    exposed = [names.key(layer, c) for layer, c in pairs]
-    plan: dict[int, set[str]] = {}
-    for layer, c in pairs:
-        plan.setdefault(layer, set()).update(names.required_components([c]))
-    return exposed, {layer: frozenset(cs) for layer, cs in plan.items()}
-
-
-def heads_per_layer(model) -> int | None:
-    """The number of query heads of the model's attention layers, from its config (None when
-    the config does not say; heads are then checked at capture time)."""
-    config = model.config
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for name in ("num_attention_heads", "n_head", "n_heads", "encoder_attention_heads"):
-        value = getattr(text, name, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
-
-
 class AttentionProbe(ProbeLifecycle):
     """Capture Q, K, V, scores, pattern, z and value-weighted attention per layer and head.
 
@@ -168,12 +112,10 @@ class AttentionProbe(ProbeLifecycle):
         (grouped-query: ``h // (n_heads // n_kv_heads)``). ``capture.heads[layer]`` (and
         ``kv_heads``) say which head each position of the head axis holds.
 
-    Use it as a context manager; hooks exist only inside the ``with`` block
-    (:class:`~probe.lifecycle.ProbeLifecycle`). Inside, call :meth:`capture_ids` on token id
-    rows, :meth:`run` on texts (a Capture in memory) or :meth:`run_to_file` (an HDF5 run file),
-    or call the model yourself and read :attr:`captures` (one :class:`~probe.captures.Capture`
-    per forward call, padding removed using the call's 2D ``attention_mask``); inside
-    ``with p.paused():`` nothing is recorded.
+    Use it as a context manager (:class:`~probe.lifecycle.ProbeLifecycle`). Inside, call
+    :meth:`capture_ids` on token id rows, :meth:`run` on texts, :meth:`run_to_file`, or call the
+    model yourself and read :attr:`captures` (one :class:`~probe.captures.Capture` per forward
+    call, padding removed using its 2D ``attention_mask``); ``with p.paused():`` records nothing.
     """
 
     BACKEND = BACKEND
@@ -219,7 +161,8 @@ class AttentionProbe(ProbeLifecycle):
         >>> cap[1].tokens, cap[1]["blocks.0.attn.pattern"].shape, cap.batch.spans
         (['[CLS]', 'no', '.', '[SEP]'], (12, 4, 4), [(0, 5), (0, 4)])
         """
-        return capture_forward(self, **self._padded(rows, "capture_ids()"))
+        self._require_attached("capture_ids()")
+        return capture_forward(self, **_padded(rows, self, "capture_ids()"))
 
     def stream_ids(self, rows, on_layer) -> None:
         """One forward of token id rows (as :meth:`capture_ids`) whose tensors are handed over
@@ -237,22 +180,13 @@ class AttentionProbe(ProbeLifecycle):
         >>> seen
         [(0, (1, 12, 5, 5), [(0, 5)]), (5, (1, 12, 5, 5), [(0, 5)])]
         """
-        inputs = self._padded(rows, "stream_ids()")
+        self._require_attached("stream_ids()")
+        inputs = _padded(rows, self, "stream_ids()")
         self._recorder.stream = on_layer
         try:
             run_forward(self, **inputs)
         finally:
             self._recorder.stream = None
-
-    def _padded(self, rows, what: str) -> dict:
-        """``rows`` right-padded: the model's ``input_ids`` and ``attention_mask``."""
-        self._require_attached(what)
-        rows = [list(r) for r in rows]
-        if not rows or any(len(r) == 0 for r in rows):
-            raise InputError(f"{what} needs at least one row, each of at least one token id")
-        pad_id = pad_id_of(self.tokenizer) if self.tokenizer is not None else 0
-        input_ids, mask = pad(rows, pad_id, device_of(self.model))
-        return {"input_ids": input_ids, "attention_mask": mask}
 
     @contextlib.contextmanager
     def selecting_heads(self, heads):
@@ -261,14 +195,9 @@ class AttentionProbe(ProbeLifecycle):
         if heads is None:
             yield self
             return
-        chosen = names.parse_heads(heads, len(self.layers), heads_per_layer(self.model))
-        outside = sorted(set(chosen) - set(self._plan))
-        if outside:
-            raise InputError(f"heads: layers {outside} are not captured by this probe (it "
-                             f"captures layers {sorted(self._plan)}); give heads= (or layers=) "
-                             "to AttentionProbe to capture them")
         before = self.heads
-        self.heads = self._recorder.heads = chosen
+        self.heads = self._recorder.heads = narrowed_heads(heads, self.layers, self.model,
+                                                           self._plan)
         try:
             yield self
         finally:
@@ -305,6 +234,17 @@ class AttentionProbe(ProbeLifecycle):
         with self.selecting_heads(heads):
             return capture_to_file(self, lambda: iter(records), out, batch_size=batch_size,
                                    truncate=truncate, **store_options)
+
+
+def _padded(rows, probe: AttentionProbe, what: str) -> dict:
+    """Token id ``rows`` right-padded for ``probe``'s model: ``input_ids`` and
+    ``attention_mask``."""
+    rows = [list(r) for r in rows]
+    if not rows or any(len(r) == 0 for r in rows):
+        raise InputError(f"{what} needs at least one row, each of at least one token id")
+    pad_id = pad_id_of(probe.tokenizer) if probe.tokenizer is not None else 0
+    input_ids, mask = pad(rows, pad_id, device_of(probe.model))
+    return {"input_ids": input_ids, "attention_mask": mask}
 
 
 def _refuse_file_options(given: dict) -> None:

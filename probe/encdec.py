@@ -20,7 +20,7 @@ model masks nothing (Whisper's encoder ignores any mask) every position is kept.
 Captures live in memory only; writing encoder-decoder runs to HDF5 is not supported yet.
 
 This module's one job is that backend and the probe's forward-and-capture call,
-:meth:`EncoderDecoderProbe.run_ids`. Choosing keys is :mod:`probe.encdec_keys`'s, recording a
+:meth:`EncoderDecoderProbe.run_ids`. Choosing keys is :mod:`probe.selection`'s, recording a
 call :mod:`probe.encdec_recording`'s, batching inputs :mod:`probe.encdec_batching`'s. It
 imports those, :mod:`probe.lifecycle`, :mod:`probe.backends`, :mod:`probe.architectures`,
 :mod:`probe.attention`, :mod:`probe.captures`, :mod:`probe.errors` and :mod:`probe.inputs`.
@@ -45,11 +45,11 @@ from .attention import additive_mask, repeat_kv
 from .backends import REGISTRY
 from .captures import Capture
 from .encdec_batching import capture_inputs
-from .encdec_keys import select_encdec_keys
 from .encdec_recording import EncDecExample, EncDecRecorder
 from .errors import InputError, UnsupportedModelError
 from .inputs import device_of, pad, pad_id_of
 from .lifecycle import ProbeLifecycle, capture_forward
+from .selection import select_encdec_keys
 
 __all__ = ["BACKEND", "EncDecExample", "EncoderDecoderProbe"]
 

@@ -167,7 +167,6 @@ class ProbeLifecycle:
             self._pauses -= 1
 
 
-
 def run_forward(probe: ProbeLifecycle, **inputs) -> None:
     """One eval-mode forward of ``probe.model`` on ``inputs`` under ``torch.inference_mode``,
     with the probe's :attr:`~ProbeLifecycle.forward_options` (no key/value cache): the forward
