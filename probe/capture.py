@@ -7,13 +7,20 @@ mask function silently gets no mask; :mod:`probe.backends` keeps both registrati
 the model to it and registers two hooks on the model (one to read the call's attention mask,
 one to collect the results, :class:`probe.recording.Recorder`). The backend computes eager
 attention step by step (:func:`probe.attention.attend`) and records the tensors of the layers
-it was asked for. On leaving, even through an exception, the hooks are removed and the model's
-own attention implementation is restored, so the model is exactly as it was.
+it was asked for (nothing inside ``with p.paused():``). On leaving, even through an exception,
+the hooks are removed and the model's own attention implementation is restored, so the model
+is exactly as it was.
 
-This module's one job is that lifecycle and one forward-and-capture call,
-:meth:`AttentionProbe.capture_ids`. Batching texts is :mod:`probe.batching`'s, writing run
-files :mod:`probe.runner`'s; :meth:`AttentionProbe.run` and :meth:`AttentionProbe.run_to_file`
-are their shortcuts.
+This module's one job is that backend and one forward-and-capture call,
+:meth:`AttentionProbe.capture_ids` (and its streaming twin, ``stream_ids``). Attaching and
+detaching are :class:`probe.lifecycle.ProbeLifecycle`'s, choosing keys and heads
+:mod:`probe.selection`'s, batching texts :mod:`probe.batching`'s, writing run files
+:mod:`probe.runner`'s; :meth:`AttentionProbe.run` and :meth:`AttentionProbe.run_to_file` are
+their shortcuts. It imports :mod:`probe.lifecycle`, :mod:`probe.recording`,
+:mod:`probe.selection`, :mod:`probe.backends`, :mod:`probe.names`, :mod:`probe.architectures`,
+:mod:`probe.attention`, :mod:`probe.captures`, :mod:`probe.errors` and :mod:`probe.inputs`
+(and, inside the shortcuts, :mod:`probe.batching`, :mod:`probe.readers` and
+:mod:`probe.runner`).
 
 >>> from probe import AttentionProbe, load_model
 >>> model, tokenizer = load_model()
@@ -33,11 +40,13 @@ import torch
 from . import names
 from .architectures import attention_layers
 from .attention import additive_mask, attend_in_blocks, attend_with_sink, repeat_kv
-from .backends import REGISTRY, restore, switch_to
+from .backends import REGISTRY
 from .captures import Capture
-from .errors import InputError, ProbeError, UnsupportedModelError
-from .inputs import device_of, no_cache, pad, pad_id_of
+from .errors import InputError, UnsupportedModelError
+from .inputs import device_of, pad, pad_id_of
+from .lifecycle import ProbeLifecycle, capture_forward, run_forward
 from .recording import Recorder
+from .selection import heads_per_layer, narrowed_heads, select_keys
 
 BACKEND = "probe_capture"
 
@@ -133,66 +142,7 @@ def _attend_kept_in_blocks(recorder, index, query, key, value, mask, scaling, so
     return kept.get("scores"), kept.get("pattern"), z, sink
 
 
-def select_keys(layers, chosen_layers, keys, heads=None) -> tuple[list[str], dict[int, frozenset]]:
-    """The keys a probe exposes, and per layer the components it must capture for them.
-
-    ``layers``: the model's :class:`~probe.architectures.AttentionLayer` list; ``chosen_layers``
-    and ``keys`` as given to :class:`AttentionProbe`; ``heads``: the parsed head selection
-    (:func:`probe.names.parse_heads`), whose layers are captured too (only they, when
-    ``chosen_layers`` is None).
-    """
-    n = len(layers)
-    heads = heads or {}
-    if chosen_layers is None:
-        chosen = sorted(heads) if heads else list(range(n))
-    else:
-        chosen = []
-        for layer in ([chosen_layers] if isinstance(chosen_layers, int) else chosen_layers):
-            if not -n <= int(layer) < n:
-                raise InputError(f"layer {layer} does not exist: the model has layers 0..{n - 1}")
-            chosen.append(int(layer) % n)
-        chosen += [layer for layer in heads if layer not in chosen]
-    pairs = []
-    # `sink` by default only for models with learned sinks (zeros elsewhere: no information)
-    has_sinks = any(getattr(layer.module, "sinks", None) is not None for layer in layers)
-    default = tuple(c for c in names.COMPONENTS if c != "sink" or has_sinks)
-    for item in ([keys] if isinstance(keys, str) else (keys or default)):
-        if not isinstance(item, str):
-            raise InputError(f"keys must be component names or full keys (strings), got {item!r}; "
-                             f"components: {', '.join(names.COMPONENTS)}")
-        if item.startswith("blocks."):
-            layer, component = names.parse_key(item)
-            if layer >= n:
-                raise InputError(f"{item!r}: the model has layers 0..{n - 1}")
-            pairs.append((layer, component))
-        else:
-            names.normalize_components([item])
-            pairs.extend((layer, item) for layer in chosen)
-    if chosen_layers is not None and keys is not None:
-        pairs = [(layer, c) for layer, c in pairs if layer in chosen]
-    if not pairs:
-        raise InputError("the selection of layers and keys is empty")
-    pairs = sorted(set(pairs), key=lambda lc: (lc[0], names.COMPONENTS.index(lc[1])))
-    exposed = [names.key(layer, c) for layer, c in pairs]
-    plan: dict[int, set[str]] = {}
-    for layer, c in pairs:
-        plan.setdefault(layer, set()).update(names.required_components([c]))
-    return exposed, {layer: frozenset(cs) for layer, cs in plan.items()}
-
-
-def heads_per_layer(model) -> int | None:
-    """The number of query heads of the model's attention layers, from its config (None when
-    the config does not say; heads are then checked at capture time)."""
-    config = model.config
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    for name in ("num_attention_heads", "n_head", "n_heads", "encoder_attention_heads"):
-        value = getattr(text, name, None)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-    return None
-
-
-class AttentionProbe:
+class AttentionProbe(ProbeLifecycle):
     """Capture Q, K, V, scores, pattern, z and value-weighted attention per layer and head.
 
     Parameters
@@ -211,26 +161,22 @@ class AttentionProbe:
         (grouped-query: ``h // (n_heads // n_kv_heads)``). ``capture.heads[layer]`` (and
         ``kv_heads``) say which head each position of the head axis holds.
 
-    Use it as a context manager; hooks exist only inside the ``with`` block. Inside, call
-    :meth:`capture_ids` on token id rows, :meth:`run` on texts (a Capture in memory) or
-    :meth:`run_to_file` (an HDF5 run file), or call the model yourself and read
-    :attr:`captures` (one :class:`~probe.captures.Capture` per forward call, padding removed
-    using the call's 2D ``attention_mask``).
+    Use it as a context manager (:class:`~probe.lifecycle.ProbeLifecycle`). Inside, call
+    :meth:`capture_ids` on token id rows, :meth:`run` on texts, :meth:`run_to_file`, or call the
+    model yourself and read :attr:`captures` (one :class:`~probe.captures.Capture` per forward
+    call, padding removed using its 2D ``attention_mask``); ``with p.paused():`` records nothing.
     """
 
+    BACKEND = BACKEND
+
     def __init__(self, model, tokenizer=None, *, layers=None, keys=None, heads=None):
-        self.model = model
-        self.tokenizer = tokenizer
+        super().__init__(model, tokenizer)
         self.layers = attention_layers(model)  # raises UnsupportedModelError early
         #: the head selection, ``{layer: query heads}`` (empty: every head of every layer)
         self.heads = names.parse_heads(heads, len(self.layers), heads_per_layer(model))
         self.exposed_keys, self._plan = select_keys(self.layers, layers, keys, self.heads)
         self._recorder = Recorder(self.layers, self._plan, self.exposed_keys, tokenizer,
                                   heads=self.heads)
-        self._handles = []
-        self._attached = False
-        self._original_impl = None
-        self._forward_options = no_cache(model)
         #: None, or ``f(layer, pattern, value, z) -> None | (pattern, z)`` called by the
         #: backend after each layer's attention (interventions, :mod:`probe.patching`)
         self.intervention = None
@@ -241,79 +187,12 @@ class AttentionProbe:
         return tuple(names.key(layer, c) for layer, cs in sorted(self._plan.items())
                      for c in names.COMPONENTS if c in cs)
 
-    @property
-    def captures(self) -> list[Capture]:
-        """One Capture per forward call of the model inside the with-block, oldest first."""
-        return self._recorder.captures
+    def _bindings(self):
+        return ((layer.name, layer.module, (layer,)) for layer in self.layers)
 
-    @property
-    def layer_facts(self) -> dict[int, dict]:
-        """Per layer, what the model passed to its attention function (scaling, soft-cap, ...)."""
-        return self._recorder.layer_facts
-
-    @property
-    def original_attn_implementation(self) -> str | None:
-        """The model's own attention implementation, restored on leaving (None before)."""
-        return self._original_impl
-
-    def _record(self, *args, **kwargs):  # what the backend calls; probe.patching turns it off
-        self._recorder.record(*args, **kwargs)
-
-    # ----------------------------------------------------------------- attach / detach
-    def __enter__(self) -> AttentionProbe:
-        self.attach()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.detach()
-
-    def attach(self) -> AttentionProbe:
-        """Register the backend and hooks (prefer ``with AttentionProbe(...)``)."""
-        if self._attached:
-            raise ProbeError("this probe is already attached")
-        REGISTRY.acquire(BACKEND, self.model, "an AttentionProbe")
-        self._attached = True
-        try:
-            self._original_impl = self.model.config._attn_implementation
-            for layer in self.layers:
-                REGISTRY.bind(layer.module, (self, layer))
-            switch_to(self.model, BACKEND, [(layer.name, layer.module) for layer in self.layers])
-            self._handles.append(self.model.register_forward_pre_hook(
-                self._recorder.before_forward, with_kwargs=True))
-            self._handles.append(self.model.register_forward_hook(
-                self._recorder.after_forward, with_kwargs=True))
-        except BaseException:
-            self.detach()
-            raise
-        return self
-
-    def detach(self) -> None:
-        """Remove everything the probe added and restore the attention implementation."""
-        if not self._attached:
-            return
-        try:
-            for handle in self._handles:
-                handle.remove()
-            self._handles.clear()
-            for layer in self.layers:
-                REGISTRY.unbind(layer.module, owner=self)
-            restore(self.model, self._original_impl)
-        finally:
-            self._recorder.reset()
-            self._attached = False
-            REGISTRY.release(BACKEND, self.model)
-
-    # ----------------------------------------------------------------- user API
-    @property
-    def last(self) -> Capture:
-        """The capture of the latest forward call."""
-        if not self.captures:
-            raise ProbeError("nothing captured yet: call the model inside the with-block first")
-        return self.captures[-1]
-
-    def clear(self) -> None:
-        """Forget what was captured so far (frees the memory)."""
-        self.captures.clear()
+    def _record(self, *args, **kwargs):  # what the backend calls
+        if self.recording:
+            self._recorder.record(*args, **kwargs)
 
     def capture_ids(self, rows) -> Capture:
         """One forward of token id rows; its Capture (one Example per row, padding removed).
@@ -331,8 +210,8 @@ class AttentionProbe:
         >>> cap[1].tokens, cap[1]["blocks.0.attn.pattern"].shape, cap.batch.spans
         (['[CLS]', 'no', '.', '[SEP]'], (12, 4, 4), [(0, 5), (0, 4)])
         """
-        self._forward_rows(rows, "capture_ids()")
-        return self.captures.pop()
+        self._require_attached("capture_ids()")
+        return capture_forward(self, **_padded(rows, self, "capture_ids()"))
 
     def stream_ids(self, rows, on_layer) -> None:
         """One forward of token id rows (as :meth:`capture_ids`) whose tensors are handed over
@@ -350,27 +229,13 @@ class AttentionProbe:
         >>> seen
         [(0, (1, 12, 5, 5), [(0, 5)]), (5, (1, 12, 5, 5), [(0, 5)])]
         """
+        self._require_attached("stream_ids()")
+        inputs = _padded(rows, self, "stream_ids()")
         self._recorder.stream = on_layer
         try:
-            self._forward_rows(rows, "stream_ids()")
+            run_forward(self, **inputs)
         finally:
             self._recorder.stream = None
-
-    def _forward_rows(self, rows, what: str) -> None:
-        """Right-pad ``rows`` and run the model on them in eval mode, without a cache."""
-        self._require_attached(what)
-        rows = [list(r) for r in rows]
-        if not rows or any(len(r) == 0 for r in rows):
-            raise InputError(f"{what} needs at least one row, each of at least one token id")
-        pad_id = pad_id_of(self.tokenizer) if self.tokenizer is not None else 0
-        input_ids, mask = pad(rows, pad_id, device_of(self.model))
-        was_training = self.model.training
-        self.model.eval()
-        try:
-            with torch.inference_mode():
-                self.model(input_ids=input_ids, attention_mask=mask, **self._forward_options)
-        finally:
-            self.model.train(was_training)
 
     @contextlib.contextmanager
     def selecting_heads(self, heads):
@@ -379,14 +244,9 @@ class AttentionProbe:
         if heads is None:
             yield self
             return
-        chosen = names.parse_heads(heads, len(self.layers), heads_per_layer(self.model))
-        outside = sorted(set(chosen) - set(self._plan))
-        if outside:
-            raise InputError(f"heads: layers {outside} are not captured by this probe (it "
-                             f"captures layers {sorted(self._plan)}); give heads= (or layers=) "
-                             "to AttentionProbe to capture them")
         before = self.heads
-        self.heads = self._recorder.heads = chosen
+        self.heads = self._recorder.heads = narrowed_heads(heads, self.layers, self.model,
+                                                           self._plan)
         try:
             yield self
         finally:
@@ -394,19 +254,11 @@ class AttentionProbe:
 
     def run(self, texts, batch_size: int = 32, *, truncate: bool = False, meta=None,
             ids=None, heads=None, **refused) -> Capture:
-        """Capture ``texts`` in memory: one :class:`~probe.captures.Example` per text, in
-        input order (:func:`probe.batching.capture_texts`).
-
-        Texts are batched by length (less padding) and right-padded; the model runs in eval
-        mode under ``torch.inference_mode`` without a key/value cache. A text longer than the
-        model's maximum is refused unless ``truncate=True``. ``meta`` (one dict per text) and
-        ``ids`` are attached to the examples. ``heads`` narrows the probe's head selection
-        for this call (see :class:`AttentionProbe`). To write to a file, use :meth:`run_to_file`.
-        """
-        if refused.get("out", 1) is None:
-            del refused["out"]  # out=None meant "in memory" before run_to_file existed
-        if refused:
-            _refuse_file_options(refused)
+        """Capture ``texts`` in memory, one Example per text in input order: eval mode, no
+        key/value cache, batches sorted by length and right-padded; options as
+        :func:`probe.batching.capture_texts`'s. ``heads`` narrows the probe's head selection
+        for this call. To write an HDF5 run file, use :meth:`run_to_file`."""
+        _refuse_file_options(refused)
         self._require_attached("run()")
         from .batching import capture_texts
 
@@ -415,14 +267,11 @@ class AttentionProbe:
 
     def run_to_file(self, texts, out, batch_size: int = 32, *, truncate: bool = False,
                     meta=None, ids=None, heads=None, **store_options):
-        """Capture ``texts`` into the HDF5 run file ``out``; returns the opened
-        :class:`~probe.store.Run` (close it, or use it in a ``with`` block).
-
-        ``store_options`` are those of :func:`probe.runner.capture_to_file` (dtype,
-        compression, resume, window, progress, queue_batches, shard, stream). ``heads`` narrows the
-        probe's head selection for this run (part of the run's identity: a resume must give
-        the same).
-        """
+        """Capture ``texts`` into the HDF5 run file ``out``; the opened :class:`~probe.store.Run`
+        (close it, or use it in a ``with`` block). ``store_options``: those of
+        :func:`probe.runner.capture_to_file` (dtype, compression, resume, stream, ...).
+        ``heads`` narrows the head selection for this run (part of its identity: a resume must
+        match)."""
         self._require_attached("run_to_file()")
         if self.tokenizer is None:
             raise InputError("run_to_file() needs a tokenizer: AttentionProbe(model, tokenizer)")
@@ -435,13 +284,24 @@ class AttentionProbe:
             return capture_to_file(self, lambda: iter(records), out, batch_size=batch_size,
                                    truncate=truncate, **store_options)
 
-    def _require_attached(self, what: str = "run()"):
-        if not self._attached:
-            raise ProbeError(f"{what} needs an attached probe: use `with AttentionProbe(...) as p:`")
+
+def _padded(rows, probe: AttentionProbe, what: str) -> dict:
+    """Token id ``rows`` right-padded for ``probe``'s model: ``input_ids`` and
+    ``attention_mask``."""
+    rows = [list(r) for r in rows]
+    if not rows or any(len(r) == 0 for r in rows):
+        raise InputError(f"{what} needs at least one row, each of at least one token id")
+    pad_id = pad_id_of(probe.tokenizer) if probe.tokenizer is not None else 0
+    input_ids, mask = pad(rows, pad_id, device_of(probe.model))
+    return {"input_ids": input_ids, "attention_mask": mask}
 
 
 def _refuse_file_options(given: dict) -> None:
-    """``run(..., out=...)`` (and file-only options) moved to ``run_to_file``: say so."""
+    """``run(..., out=...)`` (and file-only options) moved to ``run_to_file``: say so
+    (``out=None`` meant "in memory" before run_to_file existed: still accepted)."""
+    given = {name: value for name, value in given.items() if name != "out" or value is not None}
+    if not given:
+        return
     if "out" in given:
         raise InputError("run() returns an in-memory Capture and takes no out=; to write an HDF5 "
                          "run file call run_to_file(texts, out, ...) instead (same options: dtype, "

@@ -109,7 +109,7 @@ def check_model(model, tokenizer, sentences=SENTENCES) -> CheckReport:
     rows = [tokenizer(s)["input_ids"] for s in sentences]
     ids, mask = pad(rows, pad_id_of(tokenizer), device)
     real = mask.bool()
-    options = {"use_cache": False} if "use_cache" in probe._forward_options else {}
+    options = {"use_cache": False} if "use_cache" in probe.forward_options else {}
 
     before = model.config._attn_implementation
     model.set_attn_implementation("eager")

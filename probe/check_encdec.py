@@ -75,14 +75,14 @@ def check_encoder_decoder(model, tokenizer=None) -> CheckReport:
         device = next(model.parameters()).device
         inputs = {}
         if enc_rows is not None:
-            pad_id = pad_id_of(tokenizer) if tokenizer is not None else probe._decoder_pad()
+            pad_id = pad_id_of(tokenizer) if tokenizer is not None else probe.decoder_pad()
             inputs["input_ids"], inputs["attention_mask"] = pad(enc_rows, pad_id, device)
             n_enc = [len(r) for r in enc_rows]
         else:
             inputs["input_features"] = torch.as_tensor(features).to(device, dtype)
             n_enc = None
         inputs["decoder_input_ids"], inputs["decoder_attention_mask"] = pad(
-            dec_rows, probe._decoder_pad(), device)
+            dec_rows, probe.decoder_pad(), device)
     reference = _eager(model, inputs)
     n_dec = [len(r) for r in dec_rows]
     for (stack, site), field in REFERENCE.items():

@@ -47,13 +47,6 @@ METRICS = ("embedding", "logit")
 MIN_GAP = {"embedding": 1e-3, "logit": 0.05}
 
 
-class _Backend(AttentionProbe):
-    """probe's attention backend with recording switched off: interventions only."""
-
-    def _record(self, *args, **kwargs):
-        return None
-
-
 @dataclass
 class Source:
     """What a source run left: per layer z, pattern, v and block inputs of one text, and its readout."""
@@ -105,7 +98,8 @@ class Patcher:
 
     def __init__(self, model, tokenizer, *, metric: str | None = None, min_gap: float | None = None):
         self.model, self.tokenizer = model, tokenizer
-        self.probe = _Backend(model, tokenizer)
+        #: probe's attention backend, attached with recording paused: interventions only
+        self.probe = AttentionProbe(model, tokenizer)
         self.layers = self.probe.layers
         self.n_layers = len(self.layers)
         self.n_heads = _config_int(model, "num_attention_heads", "n_head", "n_heads")
@@ -130,18 +124,22 @@ class Patcher:
         #: run the layers below a patched one once per pair (see :func:`probe.patch_ops.expand_hook`)
         self.reuse = self.blocks is not None
         self._was_training = None
+        self._scope = contextlib.ExitStack()
 
     # ----------------------------------------------------------------- scope
     def __enter__(self) -> Patcher:
         self._was_training = self.model.training
         self.model.eval()
-        self.probe.attach()
+        with contextlib.ExitStack() as scope:
+            scope.enter_context(self.probe)
+            scope.enter_context(self.probe.paused())
+            self._scope = scope.pop_all()
         return self
 
     def __exit__(self, *exc) -> None:
         try:
             self.probe.intervention = None
-            self.probe.detach()
+            self._scope.close()
         finally:
             self.model.train(self._was_training)
 
