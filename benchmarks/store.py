@@ -91,7 +91,7 @@ def overhead(directory: Path, n: int = 2000, rounds: int = 5, threads=(2, 1)) ->
             for b in ([w + i for i in rows] for rows in
                       batches_by_length([len(x) for x in enc.ids[w:w + 2048]], 32))]
     setup = {"s": 0.0}
-    for name in ("validate_input", "provenance", "_key_sizes"):
+    for name in ("validate_input", "provenance", "key_sizes"):
         fn = getattr(runner, name)
 
         def timed(*a, _fn=fn, **k):

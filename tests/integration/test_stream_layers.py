@@ -9,7 +9,7 @@ import pytest
 import torch
 from conftest import _tiny
 
-from probe import AttentionProbe, runner
+from probe import AttentionProbe, run_writing
 from probe.errors import InputError, ProbeError
 from probe.store import RunWriter, open_run
 
@@ -83,7 +83,7 @@ def test_auto_streams_only_large_batches(tmp_path, tokenizer, monkeypatch):
                         lambda self, *a: (calls.append(a[0]), original(self, *a))[1])
     _write(model, tokenizer, tmp_path / "small.h5")  # auto: these batches are tiny
     assert calls == []
-    monkeypatch.setattr(runner, "STREAM_ABOVE_BYTES", 0)
+    monkeypatch.setattr(run_writing, "STREAM_ABOVE_BYTES", 0)
     _write(model, tokenizer, tmp_path / "large.h5", keys=["pattern"])
     assert calls and set(calls) == {"blocks.0.attn.pattern", "blocks.1.attn.pattern"}
 
