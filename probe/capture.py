@@ -103,8 +103,9 @@ REGISTRY.define(BACKEND, _probe_attention)
 
 #: a layer whose scores would take more than this is computed over blocks of query rows
 BLOCKS_ABOVE_BYTES = 64 << 20
-#: the size of one block's scores
-BLOCK_BYTES = 16 << 20
+#: the size of one block's scores (16 MiB blocks left 128 MiB in the malloc heap that 4 MiB
+#: blocks do not: benchmarks/long_sequence.py)
+BLOCK_BYTES = 4 << 20
 
 
 def _query_block(probe, module, query, key, dropout) -> int | None:

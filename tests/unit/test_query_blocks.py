@@ -78,10 +78,10 @@ def test_blocks_keep_only_the_selected_heads(tokenizer, blocks):
 def test_the_block_size_follows_the_byte_budget():
     q = torch.zeros(1, 4, 4096, 8)
     k = torch.zeros(1, 2, 4096, 8)
-    # one query row's scores: 4 heads x 4096 keys x 4 bytes = 64 KiB; 16 MiB -> 256 rows
+    # one query row's scores: 4 heads x 4096 keys x 4 bytes = 64 KiB; 4 MiB -> 64 rows
     assert capture._query_block(None, _Module(), q, k, 0.0) is None  # no probe: never
     probe = type("P", (), {"intervention": None})()
-    assert capture._query_block(probe, _Module(), q, k, 0.0) == 256
+    assert capture._query_block(probe, _Module(), q, k, 0.0) == 64
     assert capture._query_block(probe, _Module(), q[:, :, :64], k[:, :, :64], 0.0) is None
     probe.intervention = lambda *a: None  # an intervention sees whole patterns
     assert capture._query_block(probe, _Module(), q, k, 0.0) is None
