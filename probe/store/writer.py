@@ -356,13 +356,12 @@ def pack_triangles(squares: np.ndarray, n_tokens, per_unit: int, above, *,
     for first, stop in zip([0, *ends], [*ends, len(n)]) if len(n) else ():
         k = int(n[first])
         size = (stop - first) * per_unit * k * k
-        rows = src[at_square:at_square + size].reshape(-1, k)  # every query row of the run
-        ok, used = _lower_rows(rows, 0, dst[at_triangle:], fill)
+        values = src[at_square:at_square + size]
+        ok, used = _lower_rows(values.reshape(-1, k), 0, dst[at_triangle:], fill)
         if not ok:
-            j, col = _first_above(rows, 0, fill)
-            square = j // k
-            raise _above_error(key, first + square // per_unit, k, square % per_unit, j % k, col,
-                               rows[j, col], fill, squares.dtype)
+            square, query, col = _first_above(values, 0, k, fill)
+            raise _above_error(key, first + square // per_unit, k, square % per_unit, query, col,
+                               values[(square * k + query) * k + col], fill, squares.dtype)
         at_square += size
         at_triangle += used
     return out[:at_triangle]
@@ -371,32 +370,57 @@ def pack_triangles(squares: np.ndarray, n_tokens, per_unit: int, above, *,
 def triangle_pieces(squares, n_tokens, per_unit: int, above, out: np.ndarray, *,
                     key: str = ""):
     """:func:`pack_triangles` of a stream of pieces: ``squares`` yields consecutive pieces of
-    rows' ``[per_unit, n, n]`` squares (as :func:`~probe.captures.pack_pieces` does: whole
-    query rows, never two rows in one piece), ``n_tokens`` each row's n; yields the
-    lower-triangle part of each piece in ``out`` (reused: consume each before the next).
+    rows' ``[per_unit, n, n]`` squares (as :func:`~probe.captures.pack_pieces` does; a piece
+    never holds two rows, but may start or end inside a query row), ``n_tokens`` each row's n;
+    yields the lower-triangle part of each piece in ``out`` (reused: consume each before the
+    next).
 
-    >>> sq = iter([np.array([1, 0], np.float32), np.array([2, 3], np.float32)])
+    >>> sq = iter([np.array([1, 0, 2], np.float32), np.array([3], np.float32)])
     >>> [p.tolist() for p in triangle_pieces(sq, [2], 1, np.float32(0), np.empty(4, np.float32))]
-    [[1.0], [2.0, 3.0]]
+    [[1.0, 2.0], [3.0]]
     """
     squares = iter(squares)
     for row, k in enumerate(int(x) for x in n_tokens):
-        done = 0  # query rows of this row (over every head) handed out so far
-        while done < per_unit * k:
+        done = 0  # values of this row's squares handed out so far
+        while done < per_unit * k * k:
             piece = next(squares)
             bits = _SAME_BITS[piece.dtype.itemsize]
-            if piece.shape[0] % k or done + piece.shape[0] // k > per_unit * k:
-                raise ProbeError(f"{key}: a piece of {piece.shape[0]} values is not whole query "
-                                 f"rows of one {k}-token row; it cannot be cut into triangles")
-            rows = piece.view(bits).reshape(-1, k)
+            if done + piece.shape[0] > per_unit * k * k:
+                raise ProbeError(f"{key}: a piece of {piece.shape[0]} values runs past the end "
+                                 f"of a {k}-token row; it cannot be cut into triangles")
+            values = piece.view(bits)
             fill = np.asarray(above, piece.dtype).reshape(1).view(bits)[0]
-            ok, used = _lower_rows(rows, done % k, out.view(bits), fill)
+            ok, used = _lower_cells(values, done, k, out.view(bits), fill)
             if not ok:
-                j, col = _first_above(rows, done % k, fill)
-                raise _above_error(key, row, k, (done + j) // k, (done + j) % k, col, rows[j, col],
-                                   fill, piece.dtype)
+                square, query, col = _first_above(values, done, k, fill)
+                at = square * k * k + query * k + col - done
+                raise _above_error(key, row, k, square, query, col, values[at], fill, piece.dtype)
             yield out[:used]
-            done += rows.shape[0]
+            done += piece.shape[0]
+
+
+def _lower_cells(values: np.ndarray, start: int, k: int, target: np.ndarray,
+                 fill) -> tuple[bool, int]:
+    """:func:`_lower_rows` for consecutive cells of k x k squares that start at cell ``start``
+    (of a square stream) and may begin or end inside a query row."""
+    size, used, ok = values.shape[0], 0, True
+    lead = min((-start) % k, size)  # the rest of a query row begun in an earlier piece
+    if lead:
+        query, col = (start // k) % k, start % k
+        keep = max(0, min(lead, query + 1 - col))
+        target[:keep] = values[:keep]
+        ok, used = not np.any(values[keep:lead] != fill), keep
+    whole = (size - lead) // k
+    if whole:
+        rows = values[lead:lead + whole * k].reshape(whole, k)
+        rows_ok, rows_used = _lower_rows(rows, ((start + lead) // k) % k, target[used:], fill)
+        ok, used = ok and rows_ok, used + rows_used
+    tail = lead + whole * k
+    if tail < size:  # the beginning of a query row that ends in a later piece
+        keep = min(size - tail, ((start + tail) // k) % k + 1)
+        target[used:used + keep] = values[tail:tail + keep]
+        ok, used = ok and not np.any(values[tail + keep:] != fill), used + keep
+    return ok, used
 
 
 def _lower_rows(rows: np.ndarray, q0: int, target: np.ndarray, fill) -> tuple[bool, int]:
@@ -431,14 +455,15 @@ def _gather_indices(k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.flatnonzero(mask), np.flatnonzero(~mask)
 
 
-def _first_above(rows: np.ndarray, q0: int, fill) -> tuple[int, int]:
-    """``(query row, key)`` in ``rows`` (as in :func:`_lower_rows`) of the first cell above a
-    diagonal that is not ``fill``."""
-    m, k = rows.shape
-    queries = (q0 + np.arange(m)) % k
-    bad = (rows != fill) & (np.arange(k)[None, :] > queries[:, None])
-    j, col = np.argwhere(bad)[0]
-    return int(j), int(col)
+def _first_above(values: np.ndarray, start: int, k: int, fill) -> tuple[int, int, int]:
+    """``(square, query, key)`` of the first cell above a diagonal that is not ``fill``, in
+    consecutive cells ``values`` of k x k squares that start at cell ``start`` (squares are
+    counted from that stream's start)."""
+    cells = start + np.flatnonzero(values != fill)
+    square, cell = np.divmod(cells, k * k)
+    query, col = np.divmod(cell, k)
+    first = np.flatnonzero(col > query)[0]
+    return int(square[first]), int(query[first]), int(col[first])
 
 
 def _above_error(key, row, k, head, query, col, value, fill, dtype) -> NotTriangularError:
