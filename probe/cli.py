@@ -110,7 +110,8 @@ def cmd_capture(args) -> int:
                               dtype=args.dtype, compression=args.compression,
                               resume=args.resume, truncate=args.truncate, window=args.window,
                               progress=not args.quiet, input_name=f"{path} ({input_format(path)})",
-                              shard=shard, stream=args.stream)
+                              shard=shard, stream=args.stream,
+                              pack_causal=not args.no_pack_causal)
     with run:
         size = out.stat().st_size
         print(f"{out}: {len(run)} examples, {run.attrs['n_examples']} in the input, "
@@ -381,6 +382,10 @@ def build_parser() -> argparse.ArgumentParser:
                      "uint16 bit patterns (dataset attribute stored_dtype) and read back as float32")
     cap.add_argument("--compression", default="none",
                      help="none (default), lzf, gzip or gzip-N; activations barely compress")
+    cap.add_argument("--no-pack-causal", action="store_true",
+                     help="store the scores and pattern of causal layers (GPT-2, Llama, ...) as "
+                     "full squares; by default each is stored as its lower triangle (about half "
+                     "the bytes) and read back as the same square")
     cap.add_argument("--device", default="cpu")
     cap.add_argument("--resume", action="store_true",
                      help="continue an interrupted run in --out (settings must match)")

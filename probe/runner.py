@@ -29,6 +29,7 @@ from .store import (FILE_README, BatchRow, RunWriter, WriteFailedError, check_dt
                     check_schema, committed_on_disk, compression_args, open_file, open_run,
                     write_failed)
 from .store.layout import head_map_attr, heads_attr
+from .triangles import triangle_keys
 
 __all__ = ["capture_to_file", "Interrupted", "parse_shard", "request_stop"]
 
@@ -36,7 +37,8 @@ __all__ = ["capture_to_file", "Interrupted", "parse_shard", "request_stop"]
 def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: str = "float32",
                     compression: str | None = None, resume: bool = False, truncate: bool = False,
                     window: int = 2048, progress: bool = False, input_name: str | None = None,
-                    queue_batches: int = 2, shard=None, stream: str = "auto"):
+                    queue_batches: int = 2, shard=None, stream: str = "auto",
+                    pack_causal: bool = True):
     """Capture every record of ``make_records()`` into the run file ``out``; returns the Run.
 
     ``make_records`` is a zero-argument callable returning a fresh iterator of
@@ -51,6 +53,10 @@ def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: st
     inside the forward pass (memory holds one layer: long sequences, big models);
     ``"auto"`` (default) streams the batches whose captured tensors would exceed
     :data:`STREAM_ABOVE_BYTES`. The file is the same either way.
+
+    ``pack_causal`` (default) stores the scores and pattern of causal layers as packed lower
+    triangles (:mod:`probe.triangles`), read back as the same squares; False stores every
+    square whole.
     """
     if stream not in STREAM_MODES:
         raise InputError(f"stream must be one of {', '.join(STREAM_MODES)}, got {stream!r}")
@@ -77,6 +83,9 @@ def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: st
                 "shard": f"{shard_k}/{shard_n}"}
     if getattr(probe, "heads", None):  # absent when every head is kept (as in older runs)
         settings["heads"] = heads_attr(probe.heads)
+    triangles = triangle_keys(probe, stored, pack_causal)
+    if triangles:  # absent when nothing is packed (as in older runs)
+        settings["triangle_keys"] = triangles
 
     _STOP["active"] += 1
     try:
@@ -108,7 +117,8 @@ def _capture(probe, make_records, out, exists, settings, n_examples, stored, *, 
         sizes, head_map = key_sizes(probe, next(iter(make_records())).text, stored)
         attrs["head_map"] = head_map_attr(head_map)
         writer = RunWriter.create(out, attrs, sizes, dtype=dtype, compression=compression,
-                                  n_examples=n_examples, typical=typical)
+                                  n_examples=n_examples, typical=typical,
+                                  triangles=settings.get("triangle_keys", ()))
 
     done = np.zeros(n_examples, bool)
     done[writer.done_examples()] = True

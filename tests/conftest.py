@@ -200,3 +200,18 @@ def capture_command(src, out, model_dir, *extra):
     """The `probe capture` subprocess command the crash, disk-full and signal tests run."""
     return [sys.executable, "-m", "probe.cli", "capture", str(src), "--out", str(out), "--model",
             str(model_dir), "--batch-size", "8", "--window", "64", "--quiet", *extra]
+
+
+def flip_byte_in_chunk(path, name, chunk=0):
+    """Damage the run file ``path`` on disk: flip one byte in the middle of stored chunk
+    ``chunk`` of dataset ``name`` (what the checksum tests must catch)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        info = f[name].id.get_chunk_info(chunk)
+        offset = info.byte_offset + info.size // 2
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0x5A]))

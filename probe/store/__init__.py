@@ -14,22 +14,23 @@ Modules, one job each (an arrow: may import)::
 Everything public is importable from ``probe.store`` itself.
 """
 
-from .errors import (CorruptRunError, DiskFullError, SchemaError, ShardError, UnsafeRunError,
-                     WriteFailedError, is_disk_full, is_write_failure, write_failed)
+from .errors import (CorruptRunError, DiskFullError, NotTriangularError, SchemaError, ShardError,
+                     UnsafeRunError, WriteFailedError, is_disk_full, is_write_failure,
+                     write_failed)
 from .files import check_contents, check_schema, committed_on_disk, open_file
-from .layout import (BYTE_STREAMS, DTYPES, FILE_README, INDEX_FIELDS, REQUIRED, RESUME_MUST_MATCH,
-                     RUN_IDENTITY, SCHEMA, SCHEMA_VERSION, check_dtype, compression_args,
-                     dataset_path, index_problem, read_attr, unit_of, utc_now)
+from .layout import (BYTE_STREAMS, DTYPES, FILE_README, INDEX_FIELDS, READABLE_VERSIONS, REQUIRED,
+                     RESUME_MUST_MATCH, RUN_IDENTITY, SCHEMA, SCHEMA_VERSION, check_dtype,
+                     compression_args, dataset_path, index_problem, read_attr, unit_of, utc_now)
 from .reader import Run, decode_meta, open_run
 from .shards import combine
-from .writer import BatchRow, RunWriter
+from .writer import BatchRow, RunWriter, pack_triangles
 
 __all__ = [
-    "BYTE_STREAMS", "DTYPES", "FILE_README", "INDEX_FIELDS", "REQUIRED", "RESUME_MUST_MATCH",
-    "RUN_IDENTITY", "SCHEMA", "SCHEMA_VERSION", "BatchRow", "CorruptRunError", "DiskFullError",
-    "Run", "RunWriter", "SchemaError", "ShardError", "UnsafeRunError", "WriteFailedError",
-    "check_contents", "check_dtype", "check_schema", "combine", "committed_on_disk",
-    "compression_args", "dataset_path", "decode_meta", "index_problem", "is_disk_full",
-    "is_write_failure", "open_file", "open_run", "read_attr", "unit_of", "utc_now",
-    "write_failed",
+    "BYTE_STREAMS", "DTYPES", "FILE_README", "INDEX_FIELDS", "READABLE_VERSIONS", "REQUIRED",
+    "RESUME_MUST_MATCH", "RUN_IDENTITY", "SCHEMA", "SCHEMA_VERSION", "BatchRow", "CorruptRunError",
+    "DiskFullError", "NotTriangularError", "Run", "RunWriter", "SchemaError", "ShardError",
+    "UnsafeRunError", "WriteFailedError", "check_contents", "check_dtype", "check_schema",
+    "combine", "committed_on_disk", "compression_args", "dataset_path", "decode_meta",
+    "index_problem", "is_disk_full", "is_write_failure", "open_file", "open_run",
+    "pack_triangles", "read_attr", "unit_of", "utc_now", "write_failed",
 ]

@@ -34,6 +34,11 @@ class CorruptRunError(SchemaError):
     """Stored data fails its checksum or the index contradicts itself (a damaged file)."""
 
 
+class NotTriangularError(ProbeError):
+    """A key stored as a lower triangle (a causal layer's scores or pattern) holds a value
+    above its diagonal that the triangle would lose; nothing of that batch is committed."""
+
+
 class WriteFailedError(ProbeError):
     """The operating system refused a write to a run file; ``committed`` rows are safe on disk."""
 

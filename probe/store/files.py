@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import InputError, ProbeError
 from ..lock import WriterLock, lock_path, locked_error
 from .errors import SchemaError, ShardError, UnsafeRunError, is_disk_full, write_failed
-from .layout import INDEX_FIELDS, SCHEMA, SCHEMA_VERSION, read_attr
+from .layout import INDEX_FIELDS, READABLE_VERSIONS, SCHEMA, SCHEMA_VERSION, read_attr
 
 
 def _hdf5_library():
@@ -104,16 +104,19 @@ def committed_on_disk(path) -> int | None:
 
 
 def check_schema(f: h5py.File, path) -> None:
-    """Refuse a file that is not a probe run of the schema version this code reads."""
+    """Refuse a file that is not a probe run of a schema version this code reads
+    (:data:`~probe.store.layout.READABLE_VERSIONS`)."""
     schema = f.attrs.get("schema")
     version = f.attrs.get("schema_version")
     if schema != SCHEMA:
         raise SchemaError(f"{path} is not a probe run file (schema attribute {schema!r}, "
                           f"expected {SCHEMA!r})")
-    if version != SCHEMA_VERSION:
-        raise SchemaError(f"{path} has schema version {version}; this probe ({SCHEMA_VERSION}) "
-                          "cannot read it. Open it with the probe version that wrote it "
-                          f"(probe_version={f.attrs.get('probe_version')!r}) or re-run the capture")
+    if version not in READABLE_VERSIONS:
+        readable = ", ".join(map(str, READABLE_VERSIONS))
+        raise SchemaError(f"{path} has schema version {version}; this probe (reads versions "
+                          f"{readable}, writes {SCHEMA_VERSION}) cannot read it. Open it with the "
+                          "probe version that wrote it (probe_version="
+                          f"{f.attrs.get('probe_version')!r}) or re-run the capture")
 
 
 def check_contents(f: h5py.File, path) -> None:

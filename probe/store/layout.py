@@ -2,7 +2,7 @@
 attributes, what a consistent index satisfies, and the settings that make a run the run it is. Imports nothing from the other
 store modules (they all import it); it describes the file, it opens and writes nothing.
 
-Layout (schema ``probe.run`` version 1; README.md has a full h5py-only example)::
+Layout (schema ``probe.run`` version 2; README.md has a full h5py-only example)::
 
     /                      attrs: provenance and settings (schema, versions, model, dtype, ...)
     /state/n_done          int64 [1]   rows committed; only rows < n_done are valid
@@ -18,12 +18,31 @@ Layout (schema ``probe.run`` version 1; README.md has a full h5py-only example):
     /tokens/end            int64 [token] end byte of each token string in /tokens/text
     /tokens/text           uint8 [byte]  UTF-8 token strings, concatenated
     /blocks/{l}/attn/{c}   float [elem]  each row's [axes] array, C-order flattened, concatenated;
-                           attrs: axes, sizes (0 = n_tokens), unit ("token" or "square"),
-                           per_unit (elements per unit); row r starts at
-                           {unit}_start[r] * per_unit. Runs written with dtype bfloat16
-                           (which HDF5 lacks) hold uint16 bit patterns and carry the attr
-                           stored_dtype = "bfloat16": value = float32 with these 16 bits on
-                           top, (raw.astype(np.uint32) << 16).view(np.float32).
+                           attrs: axes, sizes (0 = n_tokens), unit ("token", "square" or
+                           "triangle"), per_unit (elements per unit); row r starts at
+                           {unit}_start[r] * per_unit and holds units(n) * per_unit values
+                           (units: n, n**2, n*(n+1)/2; see ``UNITS``). Runs written with
+                           dtype bfloat16 (which HDF5 lacks) hold uint16 bit patterns and
+                           carry the attr stored_dtype = "bfloat16": value = float32 with
+                           these 16 bits on top, (raw.astype(np.uint32) << 16).view(np.float32).
+
+Triangles (version 2). A causal layer (its attention module's ``is_causal``) attends only to
+earlier keys, so its [head, query, key] squares hold a fixed value above the diagonal: -inf in
+``scores``, 0 in ``pattern``. Such keys may be stored as the lower triangle of each head's
+square, diagonal included: unit "triangle", n*(n+1)/2 values per head, row by row (query 0's
+key 0; query 1's keys 0..1; ...: the True cells of ``np.tri(n, dtype=bool)`` in C order), and
+the dataset attribute ``above_diagonal`` holds the value of every cell above the diagonal.
+There is no triangle_start index column: rows are concatenated, so row r starts at
+``triangle_start[r] = (square_start[r] + token_start[r]) / 2`` triangle units (the sum of the
+earlier rows' n*(n+1)/2). The root attribute ``triangle_keys`` (present only when some key is
+packed; part of the run's identity) lists the packed keys. Which keys: scores and pattern of
+every layer whose attention module has ``is_causal`` True (:mod:`probe.triangles`; sliding
+windows are lower triangular too), unless the capture turns packing off (``probe capture
+--no-pack-causal``, ``pack_causal=False``). The writer does not trust the flag: it refuses a
+batch whose cells above a diagonal are not exactly ``above_diagonal`` (bit for bit, in the
+stored dtype) with :class:`~probe.store.errors.NotTriangularError`, so a triangle reads back
+as the very square a square store holds. Version 1 files are version 2 files without
+triangles; this code reads both and writes version 2.
 
 Heads (root attributes, JSON strings): ``head_map`` maps every captured layer to
 ``{"heads": [...], "kv_heads": [...]}``, the model's query head at each position of the
@@ -41,6 +60,7 @@ any point still opens, with every committed batch intact.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 
 import h5py
@@ -50,7 +70,9 @@ from .. import names
 from ..errors import InputError
 
 SCHEMA = "probe.run"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: schema versions this code reads: 1 (no triangles) and 2 (adds the "triangle" unit)
+READABLE_VERSIONS = (1, 2)
 CHUNK_ELEMENTS = 1 << 18  # at most 256 Ki elements a chunk: 512 KiB in float16, 1 MiB in float32
 MIN_CHUNK_ELEMENTS = 1 << 10
 TYPICAL_TOKENS = 32  # for sizing chunks before the lengths are known
@@ -63,17 +85,25 @@ STORED_DTYPE = "stored_dtype"
 FILL = {"float32": np.nan, "float16": np.nan, "bfloat16": 0x7FC0}
 
 #: the ``readme`` attribute of every run: how to read it with h5py alone
-FILE_README = """probe run file (schema probe.run, version 1). Read with h5py alone:
+FILE_README = """probe run file (schema probe.run, version 2). Read with h5py alone:
   n = f['state/n_done'][0]                      # committed rows; ignore anything beyond
   row = ...                                     # rows are in batch order; f['index/example'][row] is the input index
   t0, L = f['index/token_start'][row], f['index/n_tokens'][row]
+  q0 = f['index/square_start'][row]
   ds = f['blocks/3/attn/pattern']               # any key blocks.{l}.attn.{c} -> blocks/{l}/attn/{c}
-  s0 = f['index/' + ds.attrs['unit'] + '_start'][row] * ds.attrs['per_unit']
-  units = L if ds.attrs['unit'] == 'token' else L * L
-  x = ds[s0 : s0 + units * ds.attrs['per_unit']].reshape([s or L for s in ds.attrs['sizes']])
-  # axes of x: ds.attrs['axes']; value_weighted = pattern * value_norm[:, None, :]
-  # ds.attrs.get('stored_dtype') == 'bfloat16': x holds uint16 bfloat16 bit patterns, so
+  unit, p = ds.attrs['unit'], ds.attrs['per_unit']
+  s0 = {'token': t0, 'square': q0, 'triangle': (q0 + t0) // 2}[unit] * p
+  units = {'token': L, 'square': L * L, 'triangle': L * (L + 1) // 2}[unit]
+  x = ds[s0 : s0 + units * p]
+  # ds.attrs.get('stored_dtype') == 'bfloat16': x holds uint16 bfloat16 bit patterns, so first
   #   x = (x.astype(np.uint32) << 16).view(np.float32)
+  # unit 'triangle' (a causal layer's scores or pattern): each head's lower triangle, diagonal
+  #   included, row by row; every cell above the diagonal is ds.attrs['above_diagonal']:
+  #   sq = np.full((p, L, L), ds.attrs['above_diagonal'], x.dtype)
+  #   sq[:, np.tri(L, dtype=bool)] = x.reshape(p, -1); x = sq
+  #   (the root attribute triangle_keys lists such keys; absent when there are none)
+  x = x.reshape([s or L for s in ds.attrs['sizes']])
+  # axes of x: ds.attrs['axes']; value_weighted = pattern * value_norm[:, None, :]
   # heads: json.loads(f.attrs['head_map'])[str(layer)]['heads'][i] is the model's head at
   #   position i of the head axis ('kv_heads' for the kv_head axis of k and v)
   text = f['examples/text'][a:a+m].tobytes().decode()   # a, m = index/text_start, index/text_len
@@ -97,6 +127,14 @@ STREAMS = {
 }
 #: datasets every run has (tensors are listed by the file's ``stored_keys``)
 REQUIRED = (*STATE, *STREAMS)
+#: the units a tensor dataset counts rows in: name -> units of a row of n tokens
+UNITS = {"token": lambda n: n, "square": lambda n: n * n,
+         "triangle": lambda n: n * (n + 1) // 2}
+#: components a causal layer may store as triangles -> the value of every cell above the
+#: diagonal (masked scores are -inf, their softmax 0)
+ABOVE_DIAGONAL = {"scores": float("-inf"), "pattern": 0.0}
+#: tensor dataset attribute holding that value, in triangle datasets
+ABOVE_ATTR = "above_diagonal"
 #: the offset each index column holds, and the stream it points into (see ``index_ends``)
 OFFSETS = {"token_start": "token", "square_start": "square", "text_start": "examples/text",
            "meta_start": "examples/meta"}
@@ -106,8 +144,9 @@ OFFSETS = {"token_start": "token", "square_start": "square", "text_start": "exam
 #: must match all of them; ``combine`` joins the shards of one split, which by design differ
 #: in ``shard`` (K/N) and must agree in the rest.
 IDENTITY = {"model": True, "model_fingerprint": True, "keys": True, "stored_keys": True,
-            "heads": True, "dtype": True, "compression": True, "truncate": True, "batch_size": True,
-            "window": True, "input_sha256": True, "n_examples": True, "shard": False}
+            "heads": True, "triangle_keys": True, "dtype": True, "compression": True,
+            "truncate": True, "batch_size": True, "window": True, "input_sha256": True,
+            "n_examples": True, "shard": False}
 #: what a resumed run must match
 RESUME_MUST_MATCH = tuple(IDENTITY)
 #: what every shard of one run shares
@@ -202,10 +241,63 @@ def key_of(path: str) -> tuple[int, str]:
     return int(layer), component
 
 
-def unit_of(component: str) -> str:
-    """``square`` for [head, query, key] tensors, ``token`` for the rest."""
+def unit_of(component: str, triangle: bool = False) -> str:
+    """``square`` for [head, query, key] tensors (``triangle`` when stored packed), ``token``
+    for the rest.
+
+    >>> unit_of("pattern"), unit_of("pattern", triangle=True), unit_of("q")
+    ('square', 'triangle', 'token')
+    """
     axes = names.AXES[component]
-    return "square" if "query" in axes and "key" in axes else "token"
+    if "query" in axes and "key" in axes:
+        return "triangle" if triangle else "square"
+    return "token"
+
+
+def units_of(unit: str, n):
+    """Units a row of ``n`` tokens takes (``n`` may be an array of rows' token counts).
+
+    >>> units_of("token", 4), units_of("square", 4), units_of("triangle", 4)
+    (4, 16, 10)
+    """
+    return UNITS[unit](n)
+
+
+def unit_starts(index: dict) -> dict:
+    """Where index rows start in each unit, from their ``token_start`` and ``square_start``
+    (a triangle start is their half-sum: see the module docstring).
+
+    >>> unit_starts({"token_start": 3, "square_start": 5})
+    {'token': 3, 'square': 5, 'triangle': 4}
+    """
+    token, square = index["token_start"], index["square_start"]
+    return {"token": token, "square": square, "triangle": (square + token) // 2}
+
+
+@functools.lru_cache(maxsize=16)
+def tril_mask(n: int) -> np.ndarray:
+    """The cells of an n x n square a triangle holds (read-only): ``np.tri(n, dtype=bool)``;
+    a triangle lists them in C order.
+
+    >>> tril_mask(3).astype(int).tolist()
+    [[1, 0, 0], [1, 1, 0], [1, 1, 1]]
+    """
+    mask = np.tri(n, dtype=bool)
+    mask.setflags(write=False)
+    return mask
+
+
+def unpack_triangles(values: np.ndarray, n: int, per_unit: int, above: float) -> np.ndarray:
+    """``[per_unit, n, n]`` squares of one row's ``per_unit`` packed lower triangles (each
+    n*(n+1)/2 values), every cell above the diagonal ``above``; in ``values``' dtype (decode
+    bfloat16 bit patterns first).
+
+    >>> unpack_triangles(np.array([1., 2, 3]), 2, 1, -np.inf).tolist()
+    [[[1.0, -inf], [2.0, 3.0]]]
+    """
+    squares = np.full((per_unit, n, n), above, values.dtype)
+    squares[:, tril_mask(n)] = values.reshape(per_unit, -1)
+    return squares
 
 
 def stored_keys(f: h5py.File) -> list[str]:
@@ -240,21 +332,23 @@ def check_dtype(dtype: str) -> None:
         raise InputError(f"unknown dtype {dtype!r}: use {' or '.join(DTYPES)}")
 
 
-def tensor_options(component: str, sizes, *, dtype: str, compression: str | None,
+def tensor_options(unit: str, sizes, *, dtype: str, compression: str | None,
                    n_examples: int, typical=None) -> dict:
-    """h5py ``create_dataset`` keywords of a new, empty tensor dataset. Chunks are sized for
-    about 64 chunks per dataset over ``n_examples`` examples, between 1 Ki and 256 Ki
-    elements, so small runs stay small and large ones read fast. ``typical`` is the mean
-    number of tokens and of tokens squared per example (default: 32 tokens); long sequences
-    need it: HDF5 keeps per-chunk bookkeeping in memory, and one 4,096-token example cut into
-    1 Ki-element chunks cost 420 MiB of it (benchmarks/long_sequence.py).
+    """h5py ``create_dataset`` keywords of a new, empty tensor dataset counted in ``unit``.
+    Chunks are sized for about 64 chunks per dataset over ``n_examples`` examples, between
+    1 Ki and 256 Ki elements, so small runs stay small and large ones read fast. ``typical`` is
+    the mean number of tokens and of tokens squared per example (default: 32 tokens); long
+    sequences need it: HDF5 keeps per-chunk bookkeeping in memory, and one 4,096-token example
+    cut into 1 Ki-element chunks cost 420 MiB of it (benchmarks/long_sequence.py).
 
-    >>> tensor_options("pattern", [4, 0, 0], dtype="float16", compression=None, n_examples=1,
+    >>> tensor_options("square", [4, 0, 0], dtype="float16", compression=None, n_examples=1,
     ...                typical=(4096, 4096 ** 2))["chunks"]
     (262144,)
     """
     tokens, squares = typical or (TYPICAL_TOKENS, TYPICAL_TOKENS ** 2)
-    per_example = per_unit_of(sizes) * (squares if unit_of(component) == "square" else tokens)
+    # mean units of an example: a triangle's n(n+1)/2 averages (squares + tokens) / 2
+    per_row = {"token": tokens, "square": squares, "triangle": (squares + tokens) / 2}[unit]
+    per_example = per_unit_of(sizes) * per_row
     chunk = 1 << int(np.ceil(np.log2(max(n_examples * per_example / 64, 1))))
     chunk = int(np.clip(chunk, MIN_CHUNK_ELEMENTS, CHUNK_ELEMENTS))
     return {"shape": (0,), "maxshape": (None,), "dtype": DTYPES[dtype], "chunks": (chunk,),
@@ -266,15 +360,20 @@ def per_unit_of(sizes) -> int:
     return int(np.prod([s for s in sizes if s]))
 
 
-def write_tensor_attrs(ds, component: str, sizes, per_unit: int, dtype: str = "float32") -> None:
+def write_tensor_attrs(ds, component: str, sizes, per_unit: int, dtype: str = "float32",
+                       unit: str | None = None) -> None:
     """The attributes that say how to cut one example out of a tensor dataset (and, for
-    bfloat16, how to read its integers)."""
+    bfloat16, how to read its integers; for a triangle, what lies above its diagonal).
+    ``unit``: default :func:`unit_of` the component."""
+    unit = unit or unit_of(component)
     ds.attrs["axes"] = to_attr(list(names.AXES[component]))
     ds.attrs["sizes"] = [int(x) for x in sizes]
-    ds.attrs["unit"] = unit_of(component)
+    ds.attrs["unit"] = unit
     ds.attrs["per_unit"] = int(per_unit)
     if dtype == "bfloat16":
         ds.attrs[STORED_DTYPE] = "bfloat16"
+    if unit == "triangle":
+        ds.attrs[ABOVE_ATTR] = ABOVE_DIAGONAL[component]
 
 
 def tensor_attrs(ds) -> tuple[str, int, list[int]]:
@@ -283,19 +382,27 @@ def tensor_attrs(ds) -> tuple[str, int, list[int]]:
             [int(x) for x in ds.attrs["sizes"]])
 
 
+def above_diagonal(ds) -> float | None:
+    """The value above the diagonal of a triangle dataset (None for other units)."""
+    value = ds.attrs.get(ABOVE_ATTR)
+    return None if value is None else float(value)
+
+
 def index_ends(last: dict) -> dict[str, int]:
-    """How far rows ending with the index row ``last`` reach: token and square units, and the
-    bytes of the text and metadata streams (``tokens/text`` needs ``/tokens/end``)."""
+    """How far rows ending with the index row ``last`` reach: token, square and triangle units,
+    and the bytes of the text and metadata streams (``tokens/text`` needs ``/tokens/end``)."""
     n = int(last["n_tokens"])
-    return {"token": int(last["token_start"]) + n, "square": int(last["square_start"]) + n * n,
+    starts = unit_starts({name: int(last[name]) for name in ("token_start", "square_start")})
+    return {**{unit: int(starts[unit]) + units_of(unit, n) for unit in UNITS},
             "examples/text": int(last["text_start"]) + int(last["text_len"]),
             "examples/meta": int(last["meta_start"]) + int(last["meta_len"])}
 
 
 def committed_extent(f, n_done: int) -> dict[str, int]:
-    """How far the committed rows reach: token and square units, and bytes of each stream."""
+    """How far the committed rows reach: token, square and triangle units, and bytes of each
+    stream."""
     if n_done == 0:
-        return dict.fromkeys(("token", "square", *BYTE_STREAMS), 0)
+        return dict.fromkeys((*UNITS, *BYTE_STREAMS), 0)
     extent = index_ends({name: int(f[f"index/{name}"][n_done - 1]) for name in INDEX_FIELDS})
     tokens = extent["token"]
     extent["tokens/text"] = int(f["tokens/end"][tokens - 1]) if tokens else 0

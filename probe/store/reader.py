@@ -21,9 +21,10 @@ from .. import names
 from ..captures import Capture, Example, KeyedSequence
 from .errors import CorruptRunError
 from .files import check_contents, check_schema, open_file
-from .layout import (INDEX_FIELDS, REQUIRED, STREAMS, dataset_path, decode_bfloat16,
-                     index_problem, is_bfloat16, key_of, read_attr, read_head_map, stored_keys,
-                     tensor_attrs)
+from .layout import (INDEX_FIELDS, REQUIRED, STREAMS, above_diagonal, dataset_path,
+                     decode_bfloat16, index_problem, is_bfloat16, key_of, read_attr,
+                     read_head_map, stored_keys, tensor_attrs, unit_starts, units_of,
+                     unpack_triangles)
 
 
 class Run(KeyedSequence):
@@ -31,7 +32,8 @@ class Run(KeyedSequence):
 
     ``run[i]`` is the i-th committed example in input order (``ex.index`` is its input
     index); tensors are read from disk when indexed and returned as float32 numpy arrays
-    (stored float16 is widened, stored bfloat16 bit patterns decoded exactly). ``run.heads``
+    (stored float16 is widened, stored bfloat16 bit patterns decoded exactly, packed
+    triangles of causal layers returned as their full squares). ``run.heads``
     and ``run.kv_heads`` map each layer to the model heads its head axes hold (a run captured
     with a head selection holds only those). Use as a context manager or call :meth:`close`.
     """
@@ -127,16 +129,17 @@ class _Datasets:
         self._handles: dict = {}
 
     def entry(self, name):
-        """``(dataset, unit, per_unit, sizes, bfloat16)``; unit and sizes are None for
-        non-tensors, bfloat16 says the tensor holds bfloat16 bit patterns.
+        """``(dataset, unit, per_unit, sizes, bfloat16, above)``; unit and sizes are None for
+        non-tensors, bfloat16 says the tensor holds bfloat16 bit patterns, above is a
+        triangle's value above its diagonal (None for other units).
         Refreshing a second handle of a dataset whose chunks were read makes HDF5 2.0 return
         chunk 0's bytes for later chunks (measured on a filtered, extensible dataset), so
         there is one handle per dataset."""
         entry = self._handles.get(name)
         if entry is None:
             ds = self.f[name]
-            entry = ((ds, *tensor_attrs(ds), is_bfloat16(ds)) if name.startswith("blocks/")
-                     else (ds, None, 1, None, False))
+            entry = ((ds, *tensor_attrs(ds), is_bfloat16(ds), above_diagonal(ds))
+                     if name.startswith("blocks/") else (ds, None, 1, None, False, None))
             self._handles[name] = entry
         return entry
 
@@ -164,7 +167,7 @@ class _Datasets:
         :func:`index_problem`'s ``sizes``)."""
         sizes = {name: self.length(name) for name in STREAMS if not name.startswith("index/")}
         for key in stored_keys(self.f):
-            ds, unit, per_unit, _, _ = self.entry(dataset_path(key))
+            ds, unit, per_unit = self.entry(dataset_path(key))[:3]
             sizes[(unit, key)] = ds.shape[0] // max(per_unit, 1)
         return sizes
 
@@ -236,16 +239,17 @@ def _example(data: _Datasets, ix: dict, keys, head_map=None) -> Example:
     meta = decode_meta(data.read("examples/meta", ix["meta_start"],
                                  ix["meta_start"] + ix["meta_len"], where).tobytes(), path, where)
     input_ids = data.read("tokens/input_ids", t0, t0 + n, where)
-    starts = {"token": t0, "square": ix["square_start"]}
+    starts = unit_starts(ix)
 
     def get(key):
         name = dataset_path(key)
-        _, unit, per_unit, sizes, bfloat16 = data.entry(name)
-        units = n if unit == "token" else n * n
+        _, unit, per_unit, sizes, bfloat16, above = data.entry(name)
         start = starts[unit] * per_unit
-        flat = data.read(name, start, start + units * per_unit, where)
+        flat = data.read(name, start, start + units_of(unit, n) * per_unit, where)
         if bfloat16:
             flat = decode_bfloat16(flat)
+        if unit == "triangle":
+            flat = unpack_triangles(flat, n, per_unit, above)
         return flat.reshape([s if s else n for s in sizes]).astype(np.float32, copy=False)
 
     return Example(tokens, keys, get, text=text, input_ids=input_ids, meta=meta, index=where,

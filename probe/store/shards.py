@@ -22,7 +22,7 @@ from .errors import close_after_failure, is_write_failure, quiet_failed_closes, 
 from .files import (acquire_lock, check_schema, open_file, outside_refs, publish,
                     shard_identity)
 from .layout import (BYTE_STREAMS, DTYPES, FILL, INDEX_FIELDS, OFFSETS, RUN_IDENTITY, STATE, STREAMS,
-                     committed_extent, dataset_path, differing_settings, read_attr,
+                     UNITS, committed_extent, dataset_path, differing_settings, read_attr,
                      tensor_attrs, to_attr, utc_now, write_tensor_attrs)
 
 
@@ -154,13 +154,13 @@ def _fill(f: h5py.File, parts: list[dict], complete: bool, base: str) -> None:
                 layout[at:at + length] = h5py.VirtualSource(rel, path, shape=(p["full"][key],))[:length]
             at += length
         ds = f.create_virtual_dataset(path, layout, fillvalue=FILL[dtype])
-        write_tensor_attrs(ds, names.parse_key(key)[1], sizes, per_unit, dtype)
+        write_tensor_attrs(ds, names.parse_key(key)[1], sizes, per_unit, dtype, unit)
 
 
 def _joined_streams(parts: list[dict]) -> dict[str, np.ndarray]:
     """The shards' committed index rows and token and text streams, concatenated, with every
     offset shifted by what the shards before hold."""
-    shift = dict.fromkeys(("token", "square", *BYTE_STREAMS), 0)
+    shift = dict.fromkeys((*UNITS, *BYTE_STREAMS), 0)
     pieces = {name: [] for name in STREAMS}
     for p in parts:
         for name in INDEX_FIELDS:

@@ -162,10 +162,13 @@ def test_bfloat16_round_trip_size_and_plain_h5py(tokenizer, tmp_path):
         ds = f["blocks/1/attn/pattern"]
         assert ds.dtype == np.uint16 and ds.attrs["stored_dtype"] == "bfloat16"
         row = 0
-        L = int(f["index/n_tokens"][row])
-        s0 = f["index/square_start"][row] * ds.attrs["per_unit"]
-        raw = ds[s0:s0 + L * L * ds.attrs["per_unit"]].reshape([s or L for s in ds.attrs["sizes"]])
-        x = (raw.astype(np.uint32) << 16).view(np.float32)
+        L, per_unit = int(f["index/n_tokens"][row]), int(ds.attrs["per_unit"])
+        assert ds.attrs["unit"] == "triangle"  # a causal layer's pattern: its lower triangles
+        s0 = (f["index/square_start"][row] + f["index/token_start"][row]) // 2 * per_unit
+        raw = ds[s0:s0 + L * (L + 1) // 2 * per_unit]
+        x = np.full((per_unit, L, L), ds.attrs["above_diagonal"], np.float32)
+        values = (raw.astype(np.uint32) << 16).view(np.float32)
+        x[:, np.tri(L, dtype=bool)] = values.reshape(per_unit, -1)
         example = int(f["index/example"][row])
         assert np.array_equal(x, _bf16(live[example]["blocks.1.attn.pattern"]))
 

@@ -25,7 +25,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import capture_command, random_sentences
+from conftest import capture_command, flip_byte_in_chunk, random_sentences
 from probe import AttentionProbe, load_model, open_run
 from probe.cli import main
 from probe.errors import ProbeError
@@ -198,20 +198,9 @@ def test_every_data_dataset_is_checksummed(tiny, tmp_path, compression):
     assert main(["verify", str(path)]) == 0
 
 
-def _flip_byte_in_chunk(path, name, chunk=0):
-    with h5py.File(path, "r") as f:
-        info = f[name].id.get_chunk_info(chunk)
-        offset = info.byte_offset + info.size // 2
-    with open(path, "r+b") as fh:
-        fh.seek(offset)
-        byte = fh.read(1)
-        fh.seek(offset)
-        fh.write(bytes([byte[0] ^ 0x5A]))
-
-
 def test_a_flipped_byte_is_caught_by_read_and_verify(tiny, tmp_path, capsys):
     path = _small_run(tiny, tmp_path / "run.h5")
-    _flip_byte_in_chunk(path, "blocks/1/attn/pattern")
+    flip_byte_in_chunk(path, "blocks/1/attn/pattern")
     with open_run(path) as run:  # the index is intact: the file opens
         row0 = int(np.argmin(run.index["square_start"]))  # the first row lives in chunk 0
         ex = run[int(run.index["example"][row0])]
@@ -229,7 +218,7 @@ def test_a_flipped_byte_is_caught_by_read_and_verify(tiny, tmp_path, capsys):
 
 def test_a_damaged_index_chunk_is_a_clear_error(tiny, tmp_path, capsys):
     path = _small_run(tiny, tmp_path / "run.h5")
-    _flip_byte_in_chunk(path, "index/text_start")
+    flip_byte_in_chunk(path, "index/text_start")
     with pytest.raises(CorruptRunError, match="index/text_start.*checksum"):
         open_run(path)
     assert main(["verify", str(path)]) == 1

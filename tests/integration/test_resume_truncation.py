@@ -3,7 +3,8 @@
 Readers never look past ``/state/n_done``, and a resumed run rewrites the same batches, so the
 final content would be equal even without the truncation; what the truncation guarantees is
 that a reopened file holds nothing uncommitted, whatever happens next. This test fails when
-reopening skips it (a mutation that every crash test missed)."""
+reopening skips it (a mutation that every crash test missed), for square datasets (BERT) and
+for packed triangles (a causal Llama)."""
 
 from __future__ import annotations
 
@@ -11,18 +12,17 @@ import h5py
 import numpy as np
 import pytest
 
+from conftest import _tiny
 from probe import AttentionProbe
 from probe.store import RunWriter, open_run
 
 pytestmark = pytest.mark.slow
 
 
-def test_reopen_truncates_a_partial_batch(tmp_path, tiny_model_dir):
-    from probe import load_model
-
-    model, tokenizer = load_model(str(tiny_model_dir))
+@pytest.mark.parametrize("arch, unit", [("bert", "square"), ("llama", "triangle")])
+def test_reopen_truncates_a_partial_batch(tmp_path, tokenizer, arch, unit):
     path = tmp_path / "run.h5"
-    with AttentionProbe(model, tokenizer, keys=["pattern", "z"]) as p:
+    with AttentionProbe(_tiny(arch), tokenizer, keys=["pattern", "z"]) as p:
         p.run_to_file([f"Sentence {i} is short." for i in range(6)], path).close()
     with h5py.File(path, "r+") as f:
         committed = {}
@@ -34,6 +34,7 @@ def test_reopen_truncates_a_partial_batch(tmp_path, tiny_model_dir):
                 obj[-7:] = 1
         f.visititems(grow)
         f["state/complete"][0] = 0
+        assert f["blocks/1/attn/pattern"].attrs["unit"] == unit
     assert committed
     writer = RunWriter.reopen(path, dtype="float32")
     try:
@@ -44,3 +45,4 @@ def test_reopen_truncates_a_partial_batch(tmp_path, tiny_model_dir):
         writer.close()
     with open_run(path) as run:
         assert len(run) == 6 and np.isfinite(run[5]["blocks.1.attn.z"]).all()
+        assert np.isfinite(run[5]["blocks.1.attn.pattern"]).all()

@@ -86,7 +86,7 @@ def test_readable_with_h5py_alone_by_the_documented_recipe(live_and_stored):
                 np.testing.assert_array_equal(x, ex[key])
             vw = (f["blocks/2/attn/pattern"], f["blocks/2/attn/value_norm"])
             assert list(vw[0].attrs["axes"]) == ["head", "query", "key"]
-        assert f.attrs["schema"] == "probe.run" and f.attrs["schema_version"] == 1
+        assert f.attrs["schema"] == "probe.run" and f.attrs["schema_version"] == 2
         for name in ("model", "model_fingerprint", "tokenizer", "transformers_version",
                      "torch_version", "probe_version", "attn_implementation", "dtype", "created"):
             assert f.attrs[name] != "", name

@@ -128,7 +128,7 @@ def test_commit_refuses_a_batch_with_a_missing_key(tmp_path, tokenizer):
         from probe.store import BatchRow
 
         row = BatchRow(99, ["[CLS]", "x", "[SEP]"], [101, 1037, 102], "x", {})
-        writer.write_key("blocks.0.attn.pattern", torch.ones(1, 4, 3, 3), [(0, 3)])
+        writer.write_key("blocks.0.attn.pattern", torch.ones(1, 4, 3, 3).tril(), [(0, 3)])  # causal
         with pytest.raises(ProbeError, match="blocks.1.attn.pattern holds"):
             writer.commit([row])
         assert writer.n_done == len(TEXTS)
