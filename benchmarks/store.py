@@ -58,7 +58,8 @@ def _two_copy_append(append):
     import torch as _torch
 
     from probe import names
-    from probe.captures import CapturedBatch, unpad_index
+    from probe.captures import CapturedBatch
+    from probe.packing import unpad_index
 
     def pack(batch, key, dtype):
         _, component = names.parse_key(key)

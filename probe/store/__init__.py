@@ -23,7 +23,9 @@ from .layout import (BYTE_STREAMS, DTYPES, FILE_README, INDEX_FIELDS, READABLE_V
                      compression_args, dataset_path, index_problem, read_attr, unit_of, utc_now)
 from .reader import Run, decode_meta, open_run
 from .shards import combine
-from .writer import BatchRow, RunWriter, pack_triangles
+from .packing import BatchRow
+from .triangles import pack_triangles
+from .writer import RunWriter
 
 __all__ = [
     "BYTE_STREAMS", "DTYPES", "FILE_README", "INDEX_FIELDS", "READABLE_VERSIONS", "REQUIRED",

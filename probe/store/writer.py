@@ -9,55 +9,26 @@ write), ``files`` (opening, publishing, the writer lock) and ``errors``; never t
 from __future__ import annotations
 
 import contextlib
-import functools
-import json
 import os
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 import h5py
 import numpy as np
 
 from .. import names
-from ..captures import CapturedBatch, pack_pieces, packed_size
 from ..errors import InputError, ProbeError
 from ..lock import WriterLock
-from .errors import (NotTriangularError, WriteFailedError, close_after_failure, close_or_detach,
+from .errors import (WriteFailedError, close_after_failure, close_or_detach,
                      detach, is_write_failure, quiet_failed_closes, write_failed)
 from .files import (acquire_lock, check_contents, check_schema, committed_on_disk, extend,
                     open_file, publish)
 from .layout import (BYTE_STREAMS, DTYPES, INDEX_FIELDS, SCHEMA, SCHEMA_VERSION, STATE, STREAMS,
                      UNITS, above_diagonal, check_dtype, committed_extent, dataset_path,
-                     decode_bfloat16, per_unit_of, stored_keys, tensor_attrs, tensor_options,
-                     to_attr, tril_mask, unit_of, units_of, write_tensor_attrs)
-
-#: the most values :meth:`RunWriter.write_key` packs at once (8 MiB in float16)
-PIECE_VALUES = 1 << 22
-
-
-@dataclass(frozen=True)
-class BatchRow:
-    """One example of a batch as a run stores it.
-
-    ``index``: its position in the input; ``tokens``: its token strings; ``input_ids``: their
-    ids (as many as ``tokens``); ``text``: the input text; ``meta``: a JSON-serialisable dict
-    (id and the other input fields).
-
-    >>> BatchRow(0, ["[CLS]", "hi"], [101, 7632], "hi", {"id": "a"}).n_tokens
-    2
-    """
-
-    index: int
-    tokens: Sequence[str]
-    input_ids: Sequence[int]
-    text: str
-    meta: dict
-
-    @property
-    def n_tokens(self) -> int:
-        return len(self.tokens)
-
+                     per_unit_of, stored_keys, tensor_attrs, tensor_options, to_attr, unit_of,
+                     write_tensor_attrs)
+from .packing import BatchRow, Packer, encode_rows
+from .triangles import units_of_rows
 
 class RunWriter:
     """Append batches of examples to a run file; each batch is committed atomically.
@@ -85,7 +56,7 @@ class RunWriter:
             self._key_ds[key] = (ds, *tensor_attrs(ds)[:2])
             if self._key_ds[key][1] == "triangle":
                 above[key] = above_diagonal(ds)
-        self._packer = _Packer(dtype, above)
+        self._packer = Packer(dtype, above)
 
     @classmethod
     def create(cls, path, attrs: dict, key_specs: dict, *, dtype: str, compression: str | None,
@@ -143,7 +114,7 @@ class RunWriter:
         ``packed`` is the batch's :class:`~probe.captures.CapturedBatch` (rows in the same
         order), or a mapping ``key -> the rows' arrays of that key flattened and concatenated
         in row order`` (what :meth:`~probe.captures.CapturedBatch.packed` returns); see
-        :class:`_Packer` for how a batch is packed.
+        :class:`Packer` for how a batch is packed.
         """
         self._check_usable()
         with self._refused_writes():
@@ -158,7 +129,7 @@ class RunWriter:
 
         ``source`` is the key's padded torch tensor ``[batch, ...]`` (any device) and
         ``spans`` each row's ``(start, stop)``; its rows are cut, cast and appended in pieces
-        of at most :data:`PIECE_VALUES` values, so writing holds no copy of the tensor (the
+        of at most :data:`~probe.store.packing.PIECE_VALUES` values, so writing holds no copy of the tensor (the
         point of streaming long sequences). Nothing counts until :meth:`commit`:
         after a crash the partial batch is dropped on resume, like any uncommitted row.
         """
@@ -177,7 +148,7 @@ class RunWriter:
         n, streams = encode_rows(rows, self.extent)
         for key in self.stored_keys:
             ds, unit, per_unit = self._key_ds[key]
-            want = (self.extent[unit] + _units(unit, n)) * per_unit
+            want = (self.extent[unit] + units_of_rows(unit, n)) * per_unit
             if ds.shape[0] != want:
                 raise ProbeError(f"{self.path}: {key} holds {ds.shape[0]} values where this "
                                  f"batch's commit needs {want}; the batch is not committed")
@@ -195,7 +166,7 @@ class RunWriter:
         self.f.flush()
         self.n_done += len(rows)
         for unit in UNITS:
-            self.extent[unit] += _units(unit, n)
+            self.extent[unit] += units_of_rows(unit, n)
         for name in BYTE_STREAMS:
             self.extent[name] += streams[name].shape[0]
 
@@ -243,240 +214,6 @@ class RunWriter:
         finally:
             if self.lock is not None:
                 self.lock.release()
-
-
-class _Packer:
-    """One copy per key and batch: each key of a :class:`~probe.captures.CapturedBatch` is
-    packed (cast and unpadded) into a buffer reused for every key and batch, and that buffer
-    is what HDF5 writes from, so a batch allocates nothing. A triangle key takes one more
-    copy, of the lower triangles, into a second reused buffer (:func:`pack_triangles`)."""
-
-    def __init__(self, dtype: str, above: dict | None = None):
-        self.name = dtype  # "float32", "float16" or "bfloat16" (stored as uint16 bit patterns)
-        self.dtype = DTYPES[dtype]
-        # triangle keys -> the value above their diagonal, as stored (bfloat16: its bits)
-        self.above = {key: self._stored(np.array([value], np.float32))[0]
-                      for key, value in (above or {}).items()}
-        self._buffers: list[np.ndarray | None] = [None, None]
-        self._piece_buffer: np.ndarray | None = None
-        self._triangle_piece_buffer: np.ndarray | None = None
-
-    def pack(self, key: str, packed, n: np.ndarray, unit: str, per_unit: int) -> np.ndarray:
-        """The values of ``key`` for rows of ``n`` tokens, as a dataset counted in ``unit``
-        stores them, in the writer's dtype; from a batch or a mapping (the rows' full arrays:
-        squares for a triangle key; values, or for bfloat16 already their uint16 bit patterns)."""
-        square = "square" if unit == "triangle" else unit
-        data = self._values(key, packed, _units(square, n) * per_unit)
-        if unit != "triangle":
-            return data
-        size = _units(unit, n) * per_unit
-        return pack_triangles(data, n, per_unit, self.above[key], out=self._scratch(size, 1),
-                              key=key)
-
-    def pieces(self, key: str, source, spans):
-        """The values of one key's padded torch tensor ``[batch, ...]``, cut to ``spans``, in
-        the writer's dtype, as consecutive pieces in a reused buffer of at most
-        :data:`PIECE_VALUES` values (:func:`~probe.captures.pack_pieces`); for a triangle
-        key, the lower-triangle part of each piece (:func:`triangle_pieces`)."""
-        _, component = names.parse_key(key)
-        target = self.name if self.name == "bfloat16" else self.dtype
-        size = min(packed_size(component, source.shape, spans), PIECE_VALUES)
-        buffer = self._piece_buffer
-        if buffer is None or buffer.shape[0] < size:
-            buffer = self._piece_buffer = np.empty(PIECE_VALUES, self.dtype)
-        squares = pack_pieces(source, component, spans, target, buffer[:size])
-        if key not in self.above:
-            return squares
-        out = self._triangle_piece_buffer
-        if out is None or out.shape[0] < size:
-            out = self._triangle_piece_buffer = np.empty(PIECE_VALUES, self.dtype)
-        per_unit = packed_size(component, source.shape, [(0, 1)])  # the fixed axes: heads
-        return triangle_pieces(squares, [b - a for a, b in spans], per_unit, self.above[key],
-                               out, key=key)
-
-    def _values(self, key: str, packed, size: int) -> np.ndarray:
-        if isinstance(packed, CapturedBatch):
-            target = self.name if self.name == "bfloat16" else self.dtype
-            data = packed.packed(key, target, out=self._scratch(packed.packed_size(key), 0))
-        else:
-            data = self._stored(packed[key])
-        if data.shape != (size,):
-            raise ProbeError(f"{key}: got {data.shape[0]} values for a batch that needs {size}")
-        return data
-
-    def _stored(self, values: np.ndarray) -> np.ndarray:
-        """Values as the dataset stores them (bfloat16: uint16 bit patterns)."""
-        if self.name == "bfloat16" and values.dtype != np.uint16:
-            return bfloat16_bits(values)
-        return values.astype(self.dtype, copy=False)
-
-    def _scratch(self, size: int, slot: int) -> np.ndarray:
-        """Reused buffer ``slot``, grown (by half again, to grow rarely) when too small."""
-        buf = self._buffers[slot]
-        if buf is None or buf.shape[0] < size:
-            grown = int(1.5 * buf.shape[0]) if buf is not None else 0
-            buf = self._buffers[slot] = np.empty(max(size, grown), self.dtype)
-        return buf
-
-
-_SAME_BITS = {2: np.int16, 4: np.int32, 8: np.int64}  # values compared and moved as their bits
-#: rows of up to this many tokens are cut into triangles by one gather (see ``_lower_rows``)
-GATHER_MAX_TOKENS = 64
-
-
-def pack_triangles(squares: np.ndarray, n_tokens, per_unit: int, above, *,
-                   out: np.ndarray | None = None, key: str = "") -> np.ndarray:
-    """The packed lower triangles (diagonal included) of rows' squares, checking that every
-    cell above a diagonal is ``above``.
-
-    ``squares``: each row's ``[per_unit, n, n]`` values, C-order flattened and concatenated in
-    row order (what a square dataset appends); ``n_tokens``: each row's n; ``above``: the value
-    above the diagonal, in ``squares``' dtype. Returns each row's ``[per_unit, n*(n+1)/2]``
-    triangles (cells in the order of :func:`~probe.store.layout.tril_mask`), concatenated, in
-    ``out`` when given. Values are moved and compared as bits, so the triangle and ``above``
-    give back the very square (a -0.0 or NaN above a diagonal is refused, not dropped).
-    Raises :class:`~probe.store.errors.NotTriangularError` naming ``key``, the row, head
-    position, query and key of the first other value above a diagonal.
-
-    >>> sq = np.array([1, 0, 2, 3, 4], np.float32)        # rows of 2 and 1 tokens, one head
-    >>> pack_triangles(sq, [2, 1], 1, np.float32(0)).tolist()
-    [1.0, 2.0, 3.0, 4.0]
-    """
-    n = np.asarray(n_tokens, np.int64)
-    if squares.shape != (_units("square", n) * per_unit,):
-        raise ProbeError(f"{key}: got {squares.shape} values for squares of {per_unit} x "
-                         f"{n.tolist()} tokens")
-    bits = _SAME_BITS[squares.dtype.itemsize]
-    src = np.ascontiguousarray(squares).view(bits)
-    fill = np.asarray(above, squares.dtype).reshape(1).view(bits)[0]
-    out = np.empty(_units("triangle", n) * per_unit, squares.dtype) if out is None else out
-    dst = out.view(bits)
-    ends = np.flatnonzero(np.diff(n)) + 1  # runs of rows of one length share one call
-    at_square = at_triangle = 0
-    for first, stop in zip([0, *ends], [*ends, len(n)]) if len(n) else ():
-        k = int(n[first])
-        size = (stop - first) * per_unit * k * k
-        values = src[at_square:at_square + size]
-        ok, used = _lower_rows(values.reshape(-1, k), 0, dst[at_triangle:], fill)
-        if not ok:
-            square, query, col = _first_above(values, 0, k, fill)
-            raise _above_error(key, first + square // per_unit, k, square % per_unit, query, col,
-                               values[(square * k + query) * k + col], fill, squares.dtype)
-        at_square += size
-        at_triangle += used
-    return out[:at_triangle]
-
-
-def triangle_pieces(squares, n_tokens, per_unit: int, above, out: np.ndarray, *,
-                    key: str = ""):
-    """:func:`pack_triangles` of a stream of pieces: ``squares`` yields consecutive pieces of
-    rows' ``[per_unit, n, n]`` squares (as :func:`~probe.captures.pack_pieces` does; a piece
-    never holds two rows, but may start or end inside a query row), ``n_tokens`` each row's n;
-    yields the lower-triangle part of each piece in ``out`` (reused: consume each before the
-    next).
-
-    >>> sq = iter([np.array([1, 0, 2], np.float32), np.array([3], np.float32)])
-    >>> [p.tolist() for p in triangle_pieces(sq, [2], 1, np.float32(0), np.empty(4, np.float32))]
-    [[1.0, 2.0], [3.0]]
-    """
-    squares = iter(squares)
-    for row, k in enumerate(int(x) for x in n_tokens):
-        done = 0  # values of this row's squares handed out so far
-        while done < per_unit * k * k:
-            piece = next(squares)
-            bits = _SAME_BITS[piece.dtype.itemsize]
-            if done + piece.shape[0] > per_unit * k * k:
-                raise ProbeError(f"{key}: a piece of {piece.shape[0]} values runs past the end "
-                                 f"of a {k}-token row; it cannot be cut into triangles")
-            values = piece.view(bits)
-            fill = np.asarray(above, piece.dtype).reshape(1).view(bits)[0]
-            ok, used = _lower_cells(values, done, k, out.view(bits), fill)
-            if not ok:
-                square, query, col = _first_above(values, done, k, fill)
-                at = square * k * k + query * k + col - done
-                raise _above_error(key, row, k, square, query, col, values[at], fill, piece.dtype)
-            yield out[:used]
-            done += piece.shape[0]
-
-
-def _lower_cells(values: np.ndarray, start: int, k: int, target: np.ndarray,
-                 fill) -> tuple[bool, int]:
-    """:func:`_lower_rows` for consecutive cells of k x k squares that start at cell ``start``
-    (of a square stream) and may begin or end inside a query row."""
-    size, used, ok = values.shape[0], 0, True
-    lead = min((-start) % k, size)  # the rest of a query row begun in an earlier piece
-    if lead:
-        query, col = (start // k) % k, start % k
-        keep = max(0, min(lead, query + 1 - col))
-        target[:keep] = values[:keep]
-        ok, used = not np.any(values[keep:lead] != fill), keep
-    whole = (size - lead) // k
-    if whole:
-        rows = values[lead:lead + whole * k].reshape(whole, k)
-        rows_ok, rows_used = _lower_rows(rows, ((start + lead) // k) % k, target[used:], fill)
-        ok, used = ok and rows_ok, used + rows_used
-    tail = lead + whole * k
-    if tail < size:  # the beginning of a query row that ends in a later piece
-        keep = min(size - tail, ((start + tail) // k) % k + 1)
-        target[used:used + keep] = values[tail:tail + keep]
-        ok, used = ok and not np.any(values[tail + keep:] != fill), used + keep
-    return ok, used
-
-
-def _lower_rows(rows: np.ndarray, q0: int, target: np.ndarray, fill) -> tuple[bool, int]:
-    """Copy the lower-triangle part of consecutive query rows ``rows`` ``[m, n]`` of squares
-    (the first at query ``q0``) into the start of ``target``, all as bits; returns whether
-    every cell above the diagonals equals ``fill``, and how many values were copied.
-
-    Whole squares of up to :data:`GATHER_MAX_TOKENS` tokens go through one gather by cached
-    flat indices; longer ones one query row at a time (two slice copies each), which was
-    faster from about 64 tokens on here (3x at 512) and needs no indices (they grow as n**2)."""
-    m, k = rows.shape
-    if q0 == 0 and m % k == 0 and k <= GATHER_MAX_TOKENS:
-        count = m // k
-        used = count * k * (k + 1) // 2
-        lower, upper = _gather_indices(k)
-        flat = rows.reshape(count, k * k)
-        np.take(flat, lower, axis=1, out=target[:used].reshape(count, -1))
-        return not np.any(np.take(flat, upper, axis=1) != fill), used
-    ok, at = True, 0
-    for j in range(m):
-        query = (q0 + j) % k
-        target[at:at + query + 1] = rows[j, :query + 1]
-        ok = ok and not np.any(rows[j, query + 1:] != fill)
-        at += query + 1
-    return ok, at
-
-
-@functools.lru_cache(maxsize=GATHER_MAX_TOKENS)
-def _gather_indices(k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Flat indices of the cells on and below, and above, the diagonal of a k x k square."""
-    mask = tril_mask(k).ravel()
-    return np.flatnonzero(mask), np.flatnonzero(~mask)
-
-
-def _first_above(values: np.ndarray, start: int, k: int, fill) -> tuple[int, int, int]:
-    """``(square, query, key)`` of the first cell above a diagonal that is not ``fill``, in
-    consecutive cells ``values`` of k x k squares that start at cell ``start`` (squares are
-    counted from that stream's start)."""
-    cells = start + np.flatnonzero(values != fill)
-    square, cell = np.divmod(cells, k * k)
-    query, col = np.divmod(cell, k)
-    first = np.flatnonzero(col > query)[0]
-    return int(square[first]), int(query[first]), int(col[first])
-
-
-def _above_error(key, row, k, head, query, col, value, fill, dtype) -> NotTriangularError:
-    """The error for a value (as bits of ``dtype``) above a diagonal that is not ``fill``."""
-    value, fill = (np.asarray(x).reshape(1).view(dtype) for x in (value, fill))
-    if dtype == np.uint16:  # bfloat16 bit patterns
-        value, fill = decode_bfloat16(value), decode_bfloat16(fill)
-    return NotTriangularError(
-        f"{key}: row {row} of the batch ({k} tokens) holds {float(value[0])!r} above the "
-        f"diagonal (head position {head}, query {query}, key {col}), where a causal layer "
-        f"holds {float(fill[0])!r}; this layer does not attend causally, and storing its lower "
-        "triangle would lose that value. Capture it unpacked, into a new file: probe capture "
-        "--no-pack-causal (pack_causal=False)")
 
 
 def _create_file(final: str, attrs: dict, key_specs: dict, **options):
@@ -549,54 +286,3 @@ def _abandon(f, lock: WriterLock, err: BaseException, tmp: str | None = None) ->
         os.unlink(tmp)
     lock.release()
     return failure
-
-
-def encode_rows(rows: Sequence[BatchRow], extent: dict) -> tuple[np.ndarray, dict]:
-    """The token counts of ``rows`` and what they append to every non-tensor dataset, for
-    rows that start where ``extent`` (token and square units, bytes per stream) points."""
-    n = np.array([r.n_tokens for r in rows], np.int64)
-    texts = [r.text.encode("utf-8") for r in rows]
-    metas = [json.dumps(r.meta, ensure_ascii=False, default=str).encode("utf-8") for r in rows]
-    token_strings = [t.encode("utf-8") for r in rows for t in r.tokens]
-    token_end = extent["tokens/text"] + np.cumsum([len(t) for t in token_strings])
-    streams = {
-        "tokens/input_ids": np.concatenate([np.asarray(r.input_ids, np.int32) for r in rows]),
-        "tokens/end": token_end.astype(np.int64),
-        "tokens/text": np.frombuffer(b"".join(token_strings), np.uint8),
-        "examples/text": np.frombuffer(b"".join(texts), np.uint8),
-        "examples/meta": np.frombuffer(b"".join(metas), np.uint8),
-    }
-    index = {"example": [r.index for r in rows], "n_tokens": n,
-             "token_start": extent["token"] + _starts(n),
-             "square_start": extent["square"] + _starts(n * n),
-             "text_start": extent["examples/text"] + _starts([len(t) for t in texts]),
-             "text_len": [len(t) for t in texts],
-             "meta_start": extent["examples/meta"] + _starts([len(m) for m in metas]),
-             "meta_len": [len(m) for m in metas]}
-    for name in INDEX_FIELDS:
-        streams[f"index/{name}"] = np.asarray(index[name], dtype=STREAMS[f"index/{name}"][0])
-    return n, streams
-
-
-def bfloat16_bits(values) -> np.ndarray:
-    """uint16 bfloat16 bit patterns of float values, rounded as ``torch.Tensor.to(torch.bfloat16)``
-    rounds (to nearest, ties to even; NaN stays NaN).
-
-    >>> bfloat16_bits(np.array([1.0, -3.0], np.float32)).tolist()
-    [16256, 49216]
-    """
-    import torch
-
-    t = torch.from_numpy(np.ascontiguousarray(values, dtype=np.float32))
-    return t.to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
-
-
-def _units(unit: str, n: np.ndarray) -> int:
-    """Units (tokens, cells of n_tokens**2, or of its lower triangle) of rows of ``n`` tokens."""
-    return int(units_of(unit, np.asarray(n, np.int64)).sum())
-
-
-def _starts(lengths) -> np.ndarray:
-    """Where each of consecutive pieces of these lengths starts (0 for the first)."""
-    lengths = np.asarray(lengths, np.int64)
-    return np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)

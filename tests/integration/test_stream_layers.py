@@ -46,11 +46,11 @@ def test_layer_streaming_writes_the_same_file(tmp_path, tokenizer, arch, dtype):
 def test_pieces_smaller_than_a_row_give_the_same_file(tmp_path, tokenizer, monkeypatch):
     """Streamed keys are packed in pieces of at most PIECE_VALUES values; pieces that cut
     heads and query rows apart must join up to the same bytes."""
-    from probe.store import writer
+    from probe.store import packing
 
     model = _tiny("llama")
     _write(model, tokenizer, tmp_path / "batch.h5", stream="batch", keys=["pattern", "q"])
-    monkeypatch.setattr(writer, "PIECE_VALUES", 7)
+    monkeypatch.setattr(packing, "PIECE_VALUES", 7)
     _write(model, tokenizer, tmp_path / "layer.h5", stream="layer", keys=["pattern", "q"])
     a, b = _datasets(tmp_path / "batch.h5"), _datasets(tmp_path / "layer.h5")
     for name in a:

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 
 from probe import names
-from probe.captures import CapturedBatch, unpad_index
+from probe.captures import CapturedBatch
+from probe.packing import unpad_index
 from probe.store import BatchRow, RunWriter, dataset_path
 
 

@@ -12,8 +12,9 @@ from conftest import _tiny
 from probe import AttentionProbe
 from probe.store import NotTriangularError, pack_triangles
 from probe.store.layout import ABOVE_DIAGONAL, unit_starts, units_of, unpack_triangles
-from probe.captures import pack_pieces
-from probe.store.writer import GATHER_MAX_TOKENS, bfloat16_bits, triangle_pieces
+from probe.packing import pack_pieces
+from probe.store.packing import bfloat16_bits
+from probe.store.triangles import GATHER_MAX_TOKENS, triangle_pieces
 from probe.triangles import triangle_keys
 
 HEADS = 3
