@@ -22,7 +22,7 @@ a triangle can hold); the runner calls it, the writer does the packing.
 from __future__ import annotations
 
 from . import names
-from .store.layout import ABOVE_DIAGONAL
+from .store.tensors import ABOVE_DIAGONAL
 
 
 def causal_layers(probe) -> set[int]:

@@ -35,7 +35,8 @@ import numpy as np
 
 from .store.files import check_schema, open_file
 from .store.layout import (INDEX_FIELDS, REQUIRED, committed_extent, dataset_path, index_problem,
-                           key_of, read_attr, stored_keys)
+                           key_of, stored_keys)
+from .store.attrs import read_attr
 
 ROW_BLOCK = 1 << 14  # index rows checked at a time
 READ_BLOCK = 1 << 20  # elements read at a time from a dataset that is not chunked

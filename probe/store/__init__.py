@@ -18,9 +18,11 @@ from .errors import (CorruptRunError, DiskFullError, NotTriangularError, SchemaE
                      UnsafeRunError, WriteFailedError, is_disk_full, is_write_failure,
                      write_failed)
 from .files import check_contents, check_schema, committed_on_disk, open_file
-from .layout import (BYTE_STREAMS, DTYPES, FILE_README, INDEX_FIELDS, READABLE_VERSIONS, REQUIRED,
-                     RESUME_MUST_MATCH, RUN_IDENTITY, SCHEMA, SCHEMA_VERSION, check_dtype,
-                     compression_args, dataset_path, index_problem, read_attr, unit_of, utc_now)
+from .layout import (BYTE_STREAMS, FILE_README, INDEX_FIELDS, READABLE_VERSIONS, REQUIRED,
+                     RESUME_MUST_MATCH, RUN_IDENTITY, SCHEMA, SCHEMA_VERSION, dataset_path,
+                     index_problem, utc_now)
+from .tensors import DTYPES, check_dtype, compression_args, unit_of
+from .attrs import read_attr
 from .reader import Run, decode_meta, open_run
 from .shards import combine
 from .packing import BatchRow

@@ -20,7 +20,8 @@ import numpy as np
 from ..errors import InputError, ProbeError
 from ..lock import WriterLock, lock_path, locked_error
 from .errors import SchemaError, ShardError, UnsafeRunError, is_disk_full, write_failed
-from .layout import INDEX_FIELDS, READABLE_VERSIONS, SCHEMA, SCHEMA_VERSION, read_attr
+from .layout import INDEX_FIELDS, READABLE_VERSIONS, SCHEMA, SCHEMA_VERSION
+from .attrs import read_attr
 
 
 def _hdf5_library():

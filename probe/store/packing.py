@@ -19,7 +19,8 @@ from .. import names
 from ..captures import CapturedBatch
 from ..packing import pack_pieces, packed_size
 from ..errors import ProbeError
-from .layout import DTYPES, INDEX_FIELDS, STREAMS
+from .layout import INDEX_FIELDS, STREAMS
+from .tensors import DTYPES
 from .triangles import pack_triangles, triangle_pieces, units_of_rows
 
 

@@ -21,10 +21,11 @@ from .. import names
 from ..captures import Capture, Example, KeyedSequence
 from .errors import CorruptRunError
 from .files import check_contents, check_schema, open_file
-from .layout import (INDEX_FIELDS, REQUIRED, STREAMS, above_diagonal, dataset_path,
-                     decode_bfloat16, index_problem, is_bfloat16, key_of, read_attr,
-                     read_head_map, stored_keys, tensor_attrs, unit_starts, units_of,
-                     unpack_triangles)
+from .layout import (INDEX_FIELDS, REQUIRED, STREAMS, dataset_path, index_problem, key_of,
+                     read_head_map, stored_keys)
+from .tensors import (above_diagonal, decode_bfloat16, is_bfloat16, tensor_attrs, unit_starts,
+                      units_of, unpack_triangles)
+from .attrs import read_attr
 
 
 class Run(KeyedSequence):

@@ -21,9 +21,10 @@ from ..errors import InputError
 from .errors import close_after_failure, is_write_failure, quiet_failed_closes, write_failed
 from .files import (acquire_lock, check_schema, open_file, outside_refs, publish,
                     shard_identity)
-from .layout import (BYTE_STREAMS, DTYPES, FILL, INDEX_FIELDS, OFFSETS, RUN_IDENTITY, STATE, STREAMS,
-                     UNITS, committed_extent, dataset_path, differing_settings, read_attr,
-                     tensor_attrs, to_attr, utc_now, write_tensor_attrs)
+from .layout import (BYTE_STREAMS, INDEX_FIELDS, OFFSETS, RUN_IDENTITY, STATE, STREAMS,
+                     committed_extent, dataset_path, differing_settings, utc_now)
+from .tensors import DTYPES, FILL, UNITS, tensor_attrs, write_tensor_attrs
+from .attrs import read_attr, to_attr
 
 
 def combine(shards, out, *, allow_incomplete: bool = False) -> None:

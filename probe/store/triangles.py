@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import ProbeError
 from .errors import NotTriangularError
-from .layout import decode_bfloat16, tril_mask, units_of
+from .tensors import decode_bfloat16, tril_mask, units_of
 
 
 _SAME_BITS = {2: np.int16, 4: np.int32, 8: np.int64}  # values compared and moved as their bits
@@ -32,7 +32,7 @@ def pack_triangles(squares: np.ndarray, n_tokens, per_unit: int, above, *,
     ``squares``: each row's ``[per_unit, n, n]`` values, C-order flattened and concatenated in
     row order (what a square dataset appends); ``n_tokens``: each row's n; ``above``: the value
     above the diagonal, in ``squares``' dtype. Returns each row's ``[per_unit, n*(n+1)/2]``
-    triangles (cells in the order of :func:`~probe.store.layout.tril_mask`), concatenated, in
+    triangles (cells in the order of :func:`~probe.store.tensors.tril_mask`), concatenated, in
     ``out`` when given. Values are moved and compared as bits, so the triangle and ``above``
     give back the very square (a -0.0 or NaN above a diagonal is refused, not dropped).
     Raises :class:`~probe.store.errors.NotTriangularError` naming ``key``, the row, head

@@ -23,10 +23,11 @@ from .errors import (WriteFailedError, close_after_failure, close_or_detach,
                      detach, is_write_failure, quiet_failed_closes, write_failed)
 from .files import (acquire_lock, check_contents, check_schema, committed_on_disk, extend,
                     open_file, publish)
-from .layout import (BYTE_STREAMS, DTYPES, INDEX_FIELDS, SCHEMA, SCHEMA_VERSION, STATE, STREAMS,
-                     UNITS, above_diagonal, check_dtype, committed_extent, dataset_path,
-                     per_unit_of, stored_keys, tensor_attrs, tensor_options, to_attr, unit_of,
-                     write_tensor_attrs)
+from .layout import (BYTE_STREAMS, INDEX_FIELDS, SCHEMA, SCHEMA_VERSION, STATE, STREAMS,
+                     committed_extent, dataset_path, stored_keys)
+from .tensors import (DTYPES, UNITS, above_diagonal, check_dtype, per_unit_of, tensor_attrs,
+                      tensor_options, unit_of, write_tensor_attrs)
+from .attrs import to_attr
 from .packing import BatchRow, Packer, encode_rows
 from .triangles import units_of_rows
 
@@ -65,7 +66,7 @@ class RunWriter:
 
         ``key_specs`` maps stored keys to their fixed sizes per axis (0 for the token axes);
         chunks are sized from ``n_examples`` and ``typical``, the mean tokens and tokens
-        squared per example (see :func:`~probe.store.layout.tensor_options`).
+        squared per example (see :func:`~probe.store.tensors.tensor_options`).
         ``triangles``: scores and pattern keys of causal layers, stored as packed lower
         triangles (unit "triangle"; every write checks that nothing lies above a diagonal).
         The file is built under a temporary name and linked into place once in SWMR mode, so

@@ -11,7 +11,7 @@ import pytest
 from conftest import _tiny
 from probe import AttentionProbe
 from probe.store import NotTriangularError, pack_triangles
-from probe.store.layout import ABOVE_DIAGONAL, unit_starts, units_of, unpack_triangles
+from probe.store.tensors import ABOVE_DIAGONAL, unit_starts, units_of, unpack_triangles
 from probe.packing import pack_pieces
 from probe.store.packing import bfloat16_bits
 from probe.store.triangles import GATHER_MAX_TOKENS, triangle_pieces
