@@ -348,10 +348,12 @@ def cmd_combine(args) -> int:
         if not found:
             raise ProbeError(f"{item} is a folder without shard-K-of-N.h5 files")
         shards += [str(f) for f in found]
-    combine(shards, args.out, allow_incomplete=args.allow_incomplete)
+    combine(shards, args.out, allow_incomplete=args.allow_incomplete, copy=args.copy)
     with open_run(args.out) as run:
+        kind = (f"a self-contained copy, {os.path.getsize(args.out) / 1e6:.1f} MB" if args.copy
+                else "a view reading its tensors from the shards")
         print(f"{args.out}: {len(run)} examples from {len(shards)} shards, "
-              f"{'complete' if run.complete else 'incomplete'}")
+              f"{'complete' if run.complete else 'incomplete'}; {kind}")
     return 0
 
 
@@ -498,6 +500,10 @@ def build_parser() -> argparse.ArgumentParser:
     comb.add_argument("--out", required=True, help="the combined run file to write")
     comb.add_argument("--allow-incomplete", action="store_true",
                       help="combine the committed rows of unfinished shards too")
+    comb.add_argument("--copy", action="store_true",
+                      help="copy the tensors too (block by block) into one self-contained file "
+                      "that needs no shard files and may be written anywhere (default: a "
+                      "virtual-dataset view over the shards, which must stay beside it)")
     comb.set_defaults(func=cmd_combine)
     return parser
 

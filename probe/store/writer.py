@@ -24,11 +24,11 @@ from ..errors import ProbeError
 from ..lock import WriterLock
 from .errors import (WriteFailedError, close_after_failure, close_or_detach, detach,
                      is_write_failure, quiet_failed_closes, write_failed)
-from .files import (acquire_lock, check_contents, check_schema, committed_on_disk, extend,
-                    open_file, publish)
+from .files import (acquire_lock, check_contents, check_schema, committed_on_disk,
+                    create_streams, create_tensor, extend, open_file, publish)
 from .layout import (BYTE_STREAMS, DTYPES, INDEX_FIELDS, SCHEMA, SCHEMA_VERSION, STATE, STREAMS,
-                     check_dtype, committed_extent, dataset_path, per_unit_of, stored_keys,
-                     tensor_attrs, tensor_options, to_attr, write_tensor_attrs)
+                     check_dtype, committed_extent, dataset_path, stored_keys, tensor_attrs,
+                     to_attr)
 
 #: the most values :meth:`RunWriter.write_key` packs at once (8 MiB in float16)
 PIECE_VALUES = 1 << 22
@@ -325,15 +325,10 @@ def _fill_new(f: h5py.File, attrs: dict, key_specs: dict, *, dtype: str,
     f.attrs["schema_version"] = SCHEMA_VERSION
     for name, kind in STATE.items():
         f.create_dataset(name, data=np.zeros(1, kind))
-    for name, (kind, chunk) in STREAMS.items():
-        f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=kind, chunks=(chunk,),
-                         fletcher32=True)
+    create_streams(f)
     for key, sizes in key_specs.items():
-        _, component = names.parse_key(key)
-        ds = f.create_dataset(dataset_path(key), **tensor_options(
-            component, sizes, dtype=dtype, compression=compression, n_examples=n_examples,
-            typical=typical))
-        write_tensor_attrs(ds, component, sizes, per_unit_of(sizes), dtype)
+        create_tensor(f, key, sizes, dtype=dtype, compression=compression, n_examples=n_examples,
+                      typical=typical)
 
 
 def _abandon(f, lock: WriterLock, err: BaseException, tmp: str | None = None) -> bool:
