@@ -162,14 +162,16 @@ def _fill(f: h5py.File, parts: list[dict], complete: bool, base: str, copy: bool
         for key in keys:
             _virtual_tensor(f, parts, rels, key, dtype)
         return
-    tensors = {key: create_tensor(f, key, first["layout"][key][0], dtype=dtype,
-                                  compression=first["attrs"]["compression"],
-                                  n_examples=int(first["attrs"]["n_examples"])) for key in keys}
-    lengths = {key: _lengths(parts, key) for key in keys}
-    for i, p in enumerate(parts):
-        with open_file(p["path"]) as g:
-            for key, ds in tensors.items():
-                _copy_blocks(g[dataset_path(key)], ds, lengths[key][i])
+    # one tensor at a time, its handle dropped after: HDF5 (2.0) gives every open dataset a
+    # chunk cache of up to 8 MiB, which all tensors held open at once would fill (measured)
+    for key in keys:
+        ds = create_tensor(f, key, first["layout"][key][0], dtype=dtype,
+                           compression=first["attrs"]["compression"],
+                           n_examples=int(first["attrs"]["n_examples"]))
+        for p, length in zip(parts, _lengths(parts, key)):
+            with open_file(p["path"]) as g:
+                _copy_blocks(g[dataset_path(key)], ds, length)
+        del ds
 
 
 def _lengths(parts: list[dict], key: str) -> list[int]:
