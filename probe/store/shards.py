@@ -164,10 +164,14 @@ def _fill(f: h5py.File, parts: list[dict], complete: bool, base: str, copy: bool
         return
     # one tensor at a time, its handle dropped after: HDF5 (2.0) gives every open dataset a
     # chunk cache of up to 8 MiB, which all tensors held open at once would fill (measured)
+    # chunks sized as the capture sized them: from the input's mean tokens and tokens squared,
+    # which for a complete run are those of the rows
+    n = np.concatenate([p["index"]["n_tokens"] for p in parts]).astype(np.int64)
+    typical = (int(n.sum()) / len(n), int((n * n).sum()) / len(n)) if len(n) else None
     for key in keys:
         ds = create_tensor(f, key, first["layout"][key][0], dtype=dtype,
                            compression=first["attrs"]["compression"],
-                           n_examples=int(first["attrs"]["n_examples"]))
+                           n_examples=int(first["attrs"]["n_examples"]), typical=typical)
         for p, length in zip(parts, _lengths(parts, key)):
             with open_file(p["path"]) as g:
                 _copy_blocks(g[dataset_path(key)], ds, length)
