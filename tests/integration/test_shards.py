@@ -13,7 +13,7 @@ from conftest import _tiny
 from probe import AttentionProbe, InputError, open_run
 from probe.readers import records_from_texts
 from probe.runner import capture_to_file
-from probe.store import combine, shards
+from probe.store import REQUIRED, combine, shards
 from probe.verify import verify_run
 
 TEXTS = [f"Sentence number {i} is {'not ' * (i % 2)}about {'many ' * (i % 5)}things." for i in range(57)]
@@ -85,7 +85,12 @@ def test_cli_shard_and_combine(tmp_path, tiny_model_dir, capsys):
 
 def _datasets(f: h5py.File) -> dict[str, h5py.Dataset]:
     found = {}
-    f.visititems(lambda name, obj: found.setdefault(name, obj) if isinstance(obj, h5py.Dataset) else None)
+
+    def visit(name, obj):  # returns None: a value would stop the visit
+        if isinstance(obj, h5py.Dataset):
+            found[name] = obj
+
+    f.visititems(visit)
     return found
 
 
@@ -94,7 +99,7 @@ def _assert_same_datasets(view_path, copy_path) -> None:
     datasets of its own with checksums, and the view's attributes less the shard references."""
     with h5py.File(view_path, "r") as view, h5py.File(copy_path, "r") as copy:
         a, b = _datasets(view), _datasets(copy)
-        assert sorted(a) == sorted(b)
+        assert sorted(a) == sorted(b) and len(a) > len(REQUIRED)  # every dataset, tensors too
         assert any(ds.is_virtual for ds in a.values())
         for name, ds in b.items():
             assert not ds.is_virtual and ds.dtype == a[name].dtype, name
