@@ -104,7 +104,7 @@ def cmd_patch(args) -> int:
     if args.pairs:
         pairs_path = Path(args.pairs)
     else:
-        from .cli import bundled
+        from .readers import bundled_path as bundled
 
         pairs_path = bundled("negation_pairs.jsonl")
     pairs = load_pairs(pairs_path)[: args.limit] if args.limit else load_pairs(pairs_path)

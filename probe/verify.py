@@ -11,7 +11,7 @@ dataset chunk by chunk (memory stays at one chunk, or one block of index rows), 
 - every text and token string is UTF-8, every metadata record a UTF-8 JSON object.
 
 A run written before checksums still verifies (its index and decoding are checked; the report
-says its chunks carry no checksums). A combined run's tensors are virtual: they are checked in
+says its chunks carry no checksums). A combined view's tensors are virtual: they are checked in
 its shard files, which ``verify`` checks as well.
 
 >>> import os, tempfile

@@ -9,7 +9,7 @@ Modules, one job each (an arrow: may import)::
     files.py    opening files safely, publishing, extending, the lock    -> layout, errors
     writer.py   RunWriter and BatchRow: create, reopen, append, finish   -> layout, files, errors
     reader.py   Run and open_run: lazy reads, index and damage checks    -> layout, files, errors
-    shards.py   combine: shard files joined by virtual datasets          -> layout, files, errors
+    shards.py   combine: shards joined by virtual datasets, or copied    -> layout, files, errors
 
 Everything public is importable from ``probe.store`` itself.
 """

@@ -2,8 +2,8 @@
 ones in place: the file handling the writer, the reader and ``combine`` share.
 
 One job: hand over an ``h5py.File`` that is a probe run and reads only its own data (or its
-shards'), publish or lock a run without ever overwriting one, and extend its datasets. Imports ``layout`` and
-``errors`` only; the writer, reader and shards import it.
+shards'), publish or lock a run without ever overwriting one, and create and extend its
+datasets. Imports ``layout`` and ``errors`` only; the writer, reader and shards import it.
 """
 
 from __future__ import annotations
@@ -20,8 +20,10 @@ import numpy as np
 from ..errors import InputError, ProbeError
 from ..lock import WriterLock, lock_path, locked_error
 from .errors import SchemaError, ShardError, UnsafeRunError, is_disk_full, write_failed
-from .layout import INDEX_FIELDS, READABLE_VERSIONS, SCHEMA, SCHEMA_VERSION
+from .. import names
 from .attrs import read_attr
+from .layout import INDEX_FIELDS, READABLE_VERSIONS, SCHEMA, SCHEMA_VERSION, STREAMS, dataset_path
+from .tensors import per_unit_of, tensor_options, write_tensor_attrs
 
 
 def _hdf5_library():
@@ -243,6 +245,28 @@ def acquire_lock(path, committed: int | None, **hint) -> WriterLock:
             pass
         raise write_failed(err, path, committed if committed is not None
                            else committed_on_disk(path), **hint) from None
+
+
+def create_streams(f: h5py.File) -> None:
+    """Every non-tensor dataset of a run (:data:`~probe.store.layout.STREAMS`), empty,
+    extensible and checksummed."""
+    for name, (kind, chunk) in STREAMS.items():
+        f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=kind, chunks=(chunk,),
+                         fletcher32=True)
+
+
+def create_tensor(f: h5py.File, key: str, sizes, *, unit: str, dtype: str,
+                  compression: str | None, n_examples: int, typical=None) -> h5py.Dataset:
+    """The empty tensor dataset of ``key`` (fixed axis ``sizes``, 0 for token axes) counted in
+    ``unit`` (token, square or triangle) with its attributes, chunked and checksummed as
+    :func:`~probe.store.tensors.tensor_options` says (``typical``: mean tokens and tokens
+    squared per example)."""
+    _, component = names.parse_key(key)
+    ds = f.create_dataset(dataset_path(key), **tensor_options(
+        unit, sizes, dtype=dtype, compression=compression, n_examples=n_examples,
+        typical=typical))
+    write_tensor_attrs(ds, component, sizes, per_unit_of(sizes), dtype, unit)
+    return ds
 
 
 def extend(ds, data: np.ndarray) -> None:

@@ -19,14 +19,13 @@ import numpy as np
 from .. import names
 from ..errors import InputError, ProbeError
 from ..lock import WriterLock
-from .errors import (WriteFailedError, close_after_failure, close_or_detach,
-                     detach, is_write_failure, quiet_failed_closes, write_failed)
-from .files import (acquire_lock, check_contents, check_schema, committed_on_disk, extend,
-                    open_file, publish)
+from .errors import (WriteFailedError, close_after_failure, close_or_detach, detach,
+                     is_write_failure, quiet_failed_closes, write_failed)
+from .files import (acquire_lock, check_contents, check_schema, committed_on_disk,
+                    create_streams, create_tensor, extend, open_file, publish)
 from .layout import (BYTE_STREAMS, INDEX_FIELDS, SCHEMA, SCHEMA_VERSION, STATE, STREAMS,
                      committed_extent, dataset_path, stored_keys)
-from .tensors import (DTYPES, UNITS, above_diagonal, check_dtype, per_unit_of, tensor_attrs,
-                      tensor_options, unit_of, write_tensor_attrs)
+from .tensors import (DTYPES, UNITS, above_diagonal, check_dtype, tensor_attrs, unit_of)
 from .attrs import to_attr
 from .packing import BatchRow, Packer, encode_rows
 from .triangles import units_of_rows
@@ -266,16 +265,12 @@ def _fill_new(f: h5py.File, attrs: dict, key_specs: dict, *, dtype: str,
     f.attrs["schema_version"] = SCHEMA_VERSION
     for name, kind in STATE.items():
         f.create_dataset(name, data=np.zeros(1, kind))
-    for name, (kind, chunk) in STREAMS.items():
-        f.create_dataset(name, shape=(0,), maxshape=(None,), dtype=kind, chunks=(chunk,),
-                         fletcher32=True)
+    create_streams(f)
     for key, sizes in key_specs.items():
         _, component = names.parse_key(key)
-        unit = unit_of(component, triangle=key in triangles)
-        ds = f.create_dataset(dataset_path(key), **tensor_options(
-            unit, sizes, dtype=dtype, compression=compression, n_examples=n_examples,
-            typical=typical))
-        write_tensor_attrs(ds, component, sizes, per_unit_of(sizes), dtype, unit)
+        create_tensor(f, key, sizes, unit=unit_of(component, triangle=key in triangles),
+                      dtype=dtype, compression=compression, n_examples=n_examples,
+                      typical=typical)
 
 
 def _abandon(f, lock: WriterLock, err: BaseException, tmp: str | None = None) -> bool:

@@ -2,7 +2,7 @@
 
 - a capture onto a full disk stops with one `probe: error:` line, keeps its committed rows,
   leaves no temporary files, and `--resume` completes it once space is free (tmpfs; skipped
-  where mounting is not permitted); `probe combine` onto a full disk likewise;
+  where mounting is not permitted); `probe combine` (view or `--copy`) onto a full disk likewise;
 - every data dataset carries fletcher32 checksums; a byte flipped inside a stored chunk makes
   the read fail with the file, key and example named, and `probe verify` report it;
 - crafted files (bad counters, a missing dataset, bad metadata) give a clear error;
@@ -132,8 +132,9 @@ def test_capture_onto_a_full_disk_then_resume(setup):
         _umount(mnt)
 
 
-@pytest.mark.parametrize("left", [0, 16384], ids=["no-room-for-the-lock", "room-for-the-lock"])
-def test_combine_onto_a_full_disk(setup, left):
+@pytest.mark.parametrize("left,copy", [(0, False), (16384, False), (16384, True)],
+                         ids=["no-room-for-the-lock", "room-for-the-lock", "copy"])
+def test_combine_onto_a_full_disk(setup, left, copy):
     root, src, ref, model_dir = setup
     mnt = root / f"comb-{uuid.uuid4().hex[:6]}"
     _mount_tmpfs(mnt, "64m")
@@ -153,7 +154,8 @@ def test_combine_onto_a_full_disk(setup, left):
         if left:  # leave a little: the lock file fits, the combined file does not
             os.truncate(filler, max(filler.stat().st_size - left, 0))
         out = mnt / "shards" / "all.h5"
-        cmd = [sys.executable, "-m", "probe.cli", "combine", str(mnt / "shards"), "--out", str(out)]
+        cmd = [sys.executable, "-m", "probe.cli", "combine", str(mnt / "shards"), "--out", str(out),
+               *(["--copy"] if copy else [])]
         done = subprocess.run(cmd, capture_output=True, text=True)
         assert done.returncode == 2, done.stderr
         _one_error_line(done.stderr, f"probe: error: disk full while writing {out}; nothing was "
