@@ -189,3 +189,26 @@ def test_cli_no_pack_causal(tmp_path, tokenizer, capsys):
         assert "triangle_keys" in a.attrs and "triangle_keys" not in b.attrs
         for x, y in zip(a, b):
             _same(x["blocks.0.attn.pattern"], y["blocks.0.attn.pattern"])
+
+
+@pytest.mark.parametrize("copy_tensors", [False, True])
+def test_shards_of_a_packed_run_combine_to_the_whole_run(copy_tensors, tokenizer, tmp_path):
+    """combine, as a view or a copy, keeps the triangles: the joined run reads back what one
+    unsharded run holds, bit for bit."""
+    from probe.store import combine
+
+    texts = random_sentences(10, seed=3)
+    with AttentionProbe(_tiny("llama"), tokenizer, keys=["scores", "pattern", "z"]) as p:
+        for k in range(2):
+            p.run_to_file(texts, tmp_path / f"shard-{k}-of-2.h5", window=4, shard=f"{k}/2").close()
+        p.run_to_file(texts, tmp_path / "whole.h5", window=4).close()
+    combine([tmp_path / "shard-0-of-2.h5", tmp_path / "shard-1-of-2.h5"],
+            tmp_path / "joined.h5", copy=copy_tensors)
+    with open_run(tmp_path / "joined.h5") as joined, open_run(tmp_path / "whole.h5") as whole:
+        assert read_attr(joined.attrs["triangle_keys"]) == read_attr(whole.attrs["triangle_keys"])
+        by_index = {ex.index: ex for ex in joined}
+        assert len(by_index) == len(whole) == len(texts)
+        for ex in whole:
+            for key in ex:
+                _same(by_index[ex.index][key], ex[key])
+    assert verify_run(tmp_path / "joined.h5").ok
