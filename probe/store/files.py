@@ -23,7 +23,7 @@ from .errors import SchemaError, ShardError, UnsafeRunError, is_disk_full, write
 from .. import names
 from .attrs import read_attr
 from .layout import INDEX_FIELDS, READABLE_VERSIONS, SCHEMA, SCHEMA_VERSION, STREAMS, dataset_path
-from .tensors import per_unit_of, tensor_options, write_tensor_attrs
+from .tensors import CHUNK_CACHE, per_unit_of, tensor_options, write_tensor_attrs
 
 
 def _hdf5_library():
@@ -50,6 +50,7 @@ def _open_clearing_flags(path: str, writable: bool) -> h5py.File:
                          f"`h5clear -s {path}` (HDF5 tools) and retry")
     fapl = h5py.h5p.create(h5py.h5p.FILE_ACCESS)
     fapl.set_libver_bounds(h5py.h5f.LIBVER_LATEST, h5py.h5f.LIBVER_LATEST)
+    fapl.set_cache(0, CHUNK_CACHE["rdcc_nslots"], CHUNK_CACHE["rdcc_nbytes"], 0.75)
     flag = ctypes.c_bool(True)
     if lib.H5Pset(fapl.id, b"clear_status_flags", ctypes.byref(flag)) < 0:
         raise ProbeError(f"could not clear the status flags of {path}; run `h5clear -s {path}`")
@@ -81,7 +82,8 @@ def _open_file(path: str, writable: bool) -> h5py.File:
             raise InputError(f"{path} is not an HDF5 file; probe will not write to it")
         return _open_clearing_flags(path, writable=True)
     try:
-        return h5py.File(path, "r+" if writable else "r", libver="latest" if writable else None)
+        return h5py.File(path, "r+" if writable else "r", libver="latest" if writable else None,
+                         **CHUNK_CACHE)
     except OSError as err:
         if isinstance(err, BlockingIOError):
             raise
@@ -91,7 +93,7 @@ def _open_file(path: str, writable: bool) -> h5py.File:
             raise SchemaError(f"{path} is not a readable HDF5 file ({err})") from None
     if not writable:
         try:
-            return h5py.File(path, "r", libver="latest", swmr=True)
+            return h5py.File(path, "r", libver="latest", swmr=True, **CHUNK_CACHE)
         except OSError:
             pass
     return _open_clearing_flags(path, writable)

@@ -24,7 +24,7 @@ from .files import (acquire_lock, check_schema, create_streams, create_tensor, e
                     outside_refs, publish, shard_identity)
 from .layout import (BYTE_STREAMS, INDEX_FIELDS, OFFSETS, RUN_IDENTITY, STATE,
                      committed_extent, dataset_path, differing_settings, utc_now)
-from .tensors import DTYPES, FILL, UNITS, tensor_attrs, write_tensor_attrs
+from .tensors import CHUNK_CACHE, DTYPES, FILL, UNITS, tensor_attrs, write_tensor_attrs
 from .attrs import read_attr, to_attr
 
 #: elements read and written at a time while copying (4 MiB of float32): what a copy holds in
@@ -91,7 +91,7 @@ def _write(out: str, parts: list[dict], *, complete: bool, copy: bool) -> None:
     try:
         try:
             with quiet_failed_closes():
-                f = h5py.File(tmp, "w-", libver="latest")
+                f = h5py.File(tmp, "w-", libver="latest", **CHUNK_CACHE)
                 try:
                     _fill(f, parts, complete, base, copy)
                     f.close()

@@ -42,6 +42,11 @@ MIN_CHUNK_ELEMENTS = 1 << 10
 TYPICAL_TOKENS = 32  # for sizing chunks before the lengths are known
 
 
+#: HDF5's chunk cache for each open dataset: two of the largest chunks (CHUNK_ELEMENTS float32).
+#: HDF5 2.0's default is 8 MiB a dataset, and a run holds every tensor dataset open: a writer
+#: of 8 layers x 7 keys held up to 448 MiB of it. Data is written and read chunk after chunk,
+#: so two chunks keep a partly filled chunk cached while the next one fills.
+CHUNK_CACHE = {"rdcc_nbytes": 2 * CHUNK_ELEMENTS * 4, "rdcc_nslots": 521}
 #: what ``--dtype`` names -> the HDF5 (numpy) type of the tensor datasets; bfloat16, which
 #: HDF5 and numpy lack, is stored as its raw 16-bit patterns (see ``STORED_DTYPE``)
 DTYPES = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}

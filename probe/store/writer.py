@@ -25,7 +25,8 @@ from .files import (acquire_lock, check_contents, check_schema, committed_on_dis
                     create_streams, create_tensor, extend, open_file, publish)
 from .layout import (BYTE_STREAMS, INDEX_FIELDS, SCHEMA, SCHEMA_VERSION, STATE, STREAMS,
                      committed_extent, dataset_path, stored_keys)
-from .tensors import (DTYPES, UNITS, above_diagonal, check_dtype, tensor_attrs, unit_of)
+from .tensors import (CHUNK_CACHE, DTYPES, UNITS, above_diagonal, check_dtype, tensor_attrs,
+                      unit_of)
 from .attrs import to_attr
 from .packing import BatchRow, Packer, encode_rows
 from .triangles import units_of_rows
@@ -223,7 +224,7 @@ def _create_file(final: str, attrs: dict, key_specs: dict, **options):
     lock = acquire_lock(final, committed=0)
     f = None
     try:
-        f = h5py.File(tmp, "w-", libver="latest")
+        f = h5py.File(tmp, "w-", libver="latest", **CHUNK_CACHE)
         _fill_new(f, attrs, key_specs, **options)
         f.flush()
         f.swmr_mode = True

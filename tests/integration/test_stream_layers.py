@@ -140,3 +140,25 @@ def test_stream_mode_is_checked(tmp_path, tokenizer):
     with AttentionProbe(_tiny("bert"), tokenizer) as p, \
             pytest.raises(InputError, match="stream must be one of auto, batch, layer"):
         p.run_to_file(TEXTS, tmp_path / "x.h5", stream="layers")
+
+
+def test_run_files_are_opened_with_a_small_chunk_cache(tmp_path, tokenizer):
+    """HDF5 2.0 gives every open dataset an 8 MiB chunk cache; a writer holds every tensor
+    dataset open, so probe opens run files with two chunks' worth (store.tensors.CHUNK_CACHE)."""
+    from probe.store.files import open_file
+    from probe.store.tensors import CHUNK_CACHE
+
+    path = tmp_path / "run.h5"
+    model = _tiny("llama")
+    with AttentionProbe(model, tokenizer, keys=["pattern"]) as p:
+        run = p.run_to_file(TEXTS[:2], path)
+        run.close()
+    with open_file(path) as f:
+        assert f.id.get_access_plist().get_cache()[2] == CHUNK_CACHE["rdcc_nbytes"] == 2 << 20
+    with h5py.File(path, "r+") as f:
+        f["state/complete"][0] = 0
+    writer = RunWriter.reopen(path, dtype="float32")
+    try:
+        assert writer.f.id.get_access_plist().get_cache()[2] == 2 << 20
+    finally:
+        writer.close()
