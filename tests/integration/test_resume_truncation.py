@@ -1,10 +1,10 @@
 """Resume drops what an interrupted batch left past the last commit, before appending.
 
-Readers never look past ``/state/n_done``, and a resumed run rewrites the same batches, so the
-final content would be equal even without the truncation; what the truncation guarantees is
-that a reopened file holds nothing uncommitted, whatever happens next. This test fails when
-reopening skips it (a mutation that every crash test missed), for square datasets (BERT) and
-for packed triangles (a causal Llama)."""
+Readers never look past ``/state/n_done``, but the truncation is not cosmetic: after a kill at
+the moment of a commit, a resume that skipped it refuses the file as inconsistent
+(tests/integration/test_crash_at_commit.py). It guarantees that a reopened file holds nothing
+uncommitted, whatever happens next. This test fails when reopening skips it, for square
+datasets (BERT) and for packed triangles (a causal Llama)."""
 
 from __future__ import annotations
 
