@@ -45,7 +45,7 @@ from .captures import Capture
 from .errors import InputError, UnsupportedModelError
 from .inputs import device_of, pad, pad_id_of
 from .lifecycle import ProbeLifecycle, capture_forward, run_forward
-from .recording import Recorder
+from .recording import Recorder, head_picker
 from .selection import heads_per_layer, narrowed_heads, select_keys
 
 BACKEND = "probe_capture"
@@ -127,20 +127,18 @@ def _attend_kept_in_blocks(recorder, index, query, key, value, mask, scaling, so
     alone; None when not captured). Returns ``scores, pattern, z, sink`` with scores, pattern
     and sink already cut to the recorded heads."""
     heads, _ = recorder.head_axes(index, query.shape[1], key.shape[1])
-    pick = torch.tensor(heads, device=query.device)
-    every = tuple(heads) == tuple(range(query.shape[1]))
+    pick = head_picker(heads, query.shape[1], query.device)  # the rule record() cuts by
     shape = (query.shape[0], len(heads), query.shape[2], key.shape[2])
     kept = {c: query.new_empty(shape) for c in ("scores", "pattern") if recorder.keeps(index, c)}
 
     def keep(start, stop, scores, pattern):
         for name, rows in (("scores", scores), ("pattern", pattern)):
             if name in kept:
-                kept[name][:, :, start:stop] = rows if every else rows.index_select(1, pick)
+                kept[name][:, :, start:stop] = pick(rows)
 
     z, sink = attend_in_blocks(query, key, value, mask, scaling, block=block, softcap=softcap,
                                sinks=sinks, on_block=keep)
-    sink = sink if every else sink.index_select(1, pick)
-    return kept.get("scores"), kept.get("pattern"), z, sink
+    return kept.get("scores"), kept.get("pattern"), z, pick(sink)
 
 
 class AttentionProbe(ProbeLifecycle):

@@ -50,7 +50,7 @@ def to_numpy(t: torch.Tensor) -> np.ndarray:
     return t.cpu().numpy()
 
 
-def _picker(heads, n: int, device):
+def head_picker(heads, n: int, device):
     """``f(tensor)``: the tensor's head axis (dim 1) cut to ``heads``; the tensor itself when
     ``heads`` is every head in order."""
     if tuple(heads) == tuple(range(n)):
@@ -168,8 +168,8 @@ class Recorder:
         heads, kv_heads = self.head_axes(layer.index, n_heads, n_kv)
         # per-head tensors keep only the selected heads (a copy of those heads alone: the full
         # tensors the backend made for the model are not kept); k and v the kv heads they read
-        pick = _picker(heads, n_heads, query.device)
-        pick_kv = _picker(kv_heads, n_kv, query.device)
+        pick = head_picker(heads, n_heads, query.device)
+        pick_kv = head_picker(kv_heads, n_kv, query.device)
         pick_cut = (lambda t: t) if heads_cut else pick
         got = {name: cut(tensor) for name, tensor, cut in (
             ("q", query, pick), ("k", key, pick_kv), ("v", value, pick_kv),
