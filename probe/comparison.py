@@ -30,6 +30,7 @@ import resource
 import statistics
 import time
 import warnings
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -58,6 +59,32 @@ DEFINITIONS = {
     "entropy_norm": "mean row entropy / its uniform bound",
     "content_function_ratio": "attention to content words / to function words",
 }
+#: the model names that stand for the bundled all-MiniLM-L6-v2
+BUNDLED = ("bundled", "default")
+
+
+@dataclass(frozen=True)
+class Group:
+    """Sentences a metric row averages over: all of them, or those whose metadata field ``by``
+    holds ``value``; ``str()`` is the row's ``group`` (``all`` or ``by=value``).
+
+    >>> str(Group()), str(Group("kind", "copula")), Group.parse("kind=copula").value
+    ('all', 'kind=copula', 'copula')
+    """
+
+    by: str | None = None
+    value: str = ""
+
+    def __str__(self) -> str:
+        return "all" if self.by is None else f"{self.by}={self.value}"
+
+    @classmethod
+    def parse(cls, label: str) -> Group:
+        """The group of a row's ``group`` label."""
+        by, eq, value = str(label).partition("=")
+        return cls(by, value) if eq else cls()
+
+
 SPEED = ("model", "sentences", "batch_size", "forward_s", "forward_sentences_per_s",
          "forward_ms_per_sentence", "capture_s", "capture_sentences_per_s", "capture_over_forward",
          "weights_mib", "forward_peak_mib", "capture_peak_mib", "memory_method")
@@ -181,22 +208,22 @@ def compare_models(names, texts, *, meta=None, group_by=None, batch_size: int = 
     model in ``names``: ``(arch_rows, metric_rows, speed_rows, sentence_rows)``."""
     arch_rows, metric_rows, speed_rows, sentence_rows = [], [], [], []
     for name in names:
-        model, tokenizer = load_model(None if name in ("bundled", "default") else name, device=device)
-        label = "bundled all-MiniLM-L6-v2" if name in ("bundled", "default") else name
+        model, tokenizer = load_model(None if name in BUNDLED else name, device=device)
+        label = "bundled all-MiniLM-L6-v2" if name in BUNDLED else name
         arch_rows.append({"model": label, **architecture(model)})
         with AttentionProbe(model, tokenizer, keys=["pattern"]) as p:
             capture = p.run(texts, batch_size=batch_size, truncate=True, meta=meta)
         per_example = [example_summary(ex) for ex in capture]
-        groups = {"all": list(range(len(per_example)))}
+        groups = {Group(): list(range(len(per_example)))}
         for i, ex in enumerate(capture):
             value = ex.meta.get(group_by, "") if group_by else ""
             if group_by:
-                groups.setdefault(f"{group_by}={value}", []).append(i)
+                groups.setdefault(Group(group_by, f"{value}"), []).append(i)
             sentence_rows.append({"model": label, "example": i, **({group_by: value} if group_by else {}),
                                   "tokens": len(ex.tokens), "text": ex.text,
                                   **{m: _mean(per_example[i][m]) for m in SUMMARY}})
         for group, idx in groups.items():
-            row = {"model": label, "group": group, "n": len(idx)}
+            row = {"model": label, "group": str(group), "n": len(idx)}
             for m in SUMMARY:
                 row[m] = _mean([per_example[i][m] for i in idx])
             metric_rows.append(row)
@@ -222,7 +249,7 @@ def metric_bars(metric_rows, metrics=SUMMARY, *, by_group: bool = False):
     or one group of bars per metadata group. Returns a Figure."""
     from . import plots
 
-    rows = [r for r in metric_rows if (r["group"] != "all") == by_group]
+    rows = [r for r in metric_rows if (Group.parse(r["group"]).by is not None) == by_group]
     models = list(dict.fromkeys(r["model"] for r in rows))
     groups = list(dict.fromkeys(r["group"] for r in rows))
     cols = min(4, len(metrics))
@@ -239,14 +266,14 @@ def metric_bars(metric_rows, metrics=SUMMARY, *, by_group: bool = False):
             ax.bar(np.arange(len(groups)) + k * bar - 0.4 + bar / 2, values, bar, color=colours(k % 10),
                    label=_short(model))
         ax.set_title(metric, fontsize=9, **plots.LITERAL)
-        ax.set_xticks(range(len(groups)), [g.split("=", 1)[-1] for g in groups] if by_group else [""] * len(groups),
+        ax.set_xticks(range(len(groups)), [Group.parse(g).value for g in groups] if by_group else [""] * len(groups),
                       fontsize=7, rotation=30 if by_group else 0, **plots.LITERAL)
         ax.tick_params(axis="y", labelsize=7)
     for ax in list(axes.flat)[len(metrics):]:
         ax.axis("off")
     handles, names = axes.flat[0].get_legend_handles_labels()
     fig.legend(handles, names, loc="outside lower center", ncols=min(len(models), 4), fontsize=8)
-    what = f"by {groups[0].split('=', 1)[0]}" if by_group and groups else "mean over sentences"
+    what = f"by {Group.parse(groups[0]).by}" if by_group and groups else "mean over sentences"
     fig.suptitle(f"pattern metrics per model ({what}, layers and heads); cls_row_*: what the first "
                  "token attends to; to_first_token*: attention to it", fontsize=9, **plots.LITERAL)
     return fig

@@ -27,7 +27,8 @@ import numpy as np
 
 from .align import align, is_special
 from .names import key
-from .pair_metrics import METRICS
+from .pair_metrics import METRICS, Family
+from .pairs import Side
 
 
 @dataclass
@@ -101,9 +102,10 @@ def compare_pair(original, counterfactual, control, view: AlignedPair, *, layers
     aligned tokens). ``control_values`` is None when ``control`` is None.
     """
     names = list(METRICS) if metrics is None else list(metrics)
-    sides = {"original": (original, view.original), "counterfactual": (counterfactual, view.counterfactual)}
+    sides = {Side.ORIGINAL: (original, view.original),
+             Side.COUNTERFACTUAL: (counterfactual, view.counterfactual)}
     if control is not None:
-        sides["control"] = (control, view.control)
+        sides[Side.CONTROL] = (control, view.control)
     cache: dict = {}
 
     def arr(side, component):
@@ -111,21 +113,21 @@ def compare_pair(original, counterfactual, control, view: AlignedPair, *, layers
             cache[side, component] = stack(sides[side][0], component, layers)
         return cache[side, component]
 
-    out = {side: {} for side in sides if side != "original"}
+    out = {side: {} for side in sides if side is not Side.ORIGINAL}
     for name in names:
         m = METRICS[name]
         for side, values in out.items():
             rows = sides[side][1]
             queries = rows[view.content]
-            if m.family in ("distance", "similarity"):
-                values[name] = m.compute(_sub(arr("original", m.needs), view.original, m.needs),
+            if m.family in (Family.DISTANCE, Family.SIMILARITY):
+                values[name] = m.compute(_sub(arr(Side.ORIGINAL, m.needs), view.original, m.needs),
                                          _sub(arr(side, m.needs), rows, m.needs))
-            elif m.family == "shift":
+            elif m.family is Family.SHIFT:
                 values[name] = (None if not len(queries) else
                                 m.compute(arr(side, m.needs), queries)
-                                - m.compute(arr("original", m.needs), view.original[view.content]))
+                                - m.compute(arr(Side.ORIGINAL, m.needs), view.original[view.content]))
             else:
-                edit = view.cue if side == "counterfactual" else view.edit
+                edit = view.cue if side is Side.COUNTERFACTUAL else view.edit
                 values[name] = (None if not len(queries) or edit is None or not len(edit)
                                 else m.compute(arr(side, m.needs), edit, queries))
-    return out["counterfactual"], out.get("control")
+    return out[Side.COUNTERFACTUAL], out.get(Side.CONTROL)

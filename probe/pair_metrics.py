@@ -20,7 +20,7 @@ on the same tokens. Families:
   in the counterfactual, the neutral edit in the control. The original has no such token, so
   only the difference from the control is tested.
 
->>> sorted({m.family for m in METRICS.values()})
+>>> sorted({str(m.family) for m in METRICS.values()})
 ['cue', 'distance', 'shift', 'similarity']
 >>> METRICS["cue_attention_in"].tested_vs_original
 False
@@ -34,15 +34,27 @@ from typing import Callable
 import numpy as np
 from scipy.stats import rankdata
 
-FAMILIES = ("distance", "similarity", "shift", "cue")
+from .pairs import Label
+
+
+class Family(Label):
+    """How a metric compares a side with the original (see the module docstring)."""
+
+    DISTANCE = "distance"
+    SIMILARITY = "similarity"
+    SHIFT = "shift"
+    CUE = "cue"
+
+
+FAMILIES = tuple(Family)
 
 #: why a contrast with the original is not tested, per family
 DESCRIPTIVE_VS_ORIGINAL = {
-    "distance": "descriptive: a distance is positive whenever anything changes; "
-                "tested against the control",
-    "similarity": "descriptive: a correlation is below 1 whenever anything changes; "
-                  "tested against the control",
-    "cue": "descriptive: the original has no cue token; tested against the control's edit",
+    Family.DISTANCE: "descriptive: a distance is positive whenever anything changes; "
+                     "tested against the control",
+    Family.SIMILARITY: "descriptive: a correlation is below 1 whenever anything changes; "
+                       "tested against the control",
+    Family.CUE: "descriptive: the original has no cue token; tested against the control's edit",
 }
 
 
@@ -51,7 +63,7 @@ class PairMetric:
     """One pair metric and how it is read and tested."""
 
     name: str
-    family: str       # one of FAMILIES
+    family: Family
     needs: str        # the captured component it reads: pattern, value_weighted or z
     unit: str
     label: str        # what a value is, for tables and figure labels
@@ -61,7 +73,7 @@ class PairMetric:
 
     @property
     def tested_vs_original(self) -> bool:
-        return self.family == "shift"
+        return self.family is Family.SHIFT
 
     @property
     def descriptive_reason(self) -> str:
@@ -147,51 +159,51 @@ LESS_SIMILAR = "negative: the negation leaves the pattern less similar than the 
 
 #: every pair metric, in report order
 METRICS: dict[str, PairMetric] = dict([
-    _metric("max_attention_diff", "distance", "pattern", "attention weight",
+    _metric("max_attention_diff", Family.DISTANCE, "pattern", "attention weight",
             "max |attention change| on aligned tokens", MORE_CHANGE,
             lambda a, b: np.abs(a - b).max((-1, -2))),
-    _metric("mean_attention_diff", "distance", "pattern", "attention weight",
+    _metric("mean_attention_diff", Family.DISTANCE, "pattern", "attention weight",
             "mean |attention change| on aligned tokens", MORE_CHANGE,
             lambda a, b: np.abs(a - b).mean((-1, -2)), headline=True),
-    _metric("attention_js_divergence", "distance", "pattern", "nats",
+    _metric("attention_js_divergence", Family.DISTANCE, "pattern", "nats",
             "Jensen-Shannon divergence of aligned attention rows (+ a bin for edited keys)",
             MORE_CHANGE, lambda a, b: js_divergence(_with_rest(a), _with_rest(b)).mean(-1),
             headline=True),
-    _metric("attention_pattern_correlation", "similarity", "pattern", "Pearson r",
+    _metric("attention_pattern_correlation", Family.SIMILARITY, "pattern", "Pearson r",
             "correlation of aligned attention", LESS_SIMILAR,
             lambda a, b: pearson(_flat(a), _flat(b))),
-    _metric("attention_spearman", "similarity", "pattern", "Spearman rho",
+    _metric("attention_spearman", Family.SIMILARITY, "pattern", "Spearman rho",
             "rank correlation of aligned attention", LESS_SIMILAR,
             lambda a, b: pearson(rankdata(_flat(a), axis=-1), rankdata(_flat(b), axis=-1))),
-    _metric("value_weighted_diff", "distance", "value_weighted", "||alpha f(x)||",
+    _metric("value_weighted_diff", Family.DISTANCE, "value_weighted", "||alpha f(x)||",
             "mean |value-weighted attention change|", MORE_CHANGE,
             lambda a, b: np.abs(a - b).mean((-1, -2)), headline=True),
-    _metric("value_weighted_correlation", "similarity", "value_weighted", "Pearson r",
+    _metric("value_weighted_correlation", Family.SIMILARITY, "value_weighted", "Pearson r",
             "correlation of aligned value-weighted attention", LESS_SIMILAR,
             lambda a, b: pearson(_flat(a), _flat(b))),
-    _metric("value_output_correlation", "similarity", "z", "Pearson r",
+    _metric("value_output_correlation", Family.SIMILARITY, "z", "Pearson r",
             "correlation of per-head outputs z on aligned tokens", LESS_SIMILAR,
             lambda a, b: pearson(_flat(a), _flat(b)), headline=True),
-    _metric("first_token_shift", "shift", "pattern", "attention weight",
+    _metric("first_token_shift", Family.SHIFT, "pattern", "attention weight",
             "change of attention to the first token, aligned queries",
             "the negation moves more attention to the first token than the neutral edit",
             lambda x, queries: x[..., queries, 0].mean(-1)),
-    _metric("entropy_shift", "shift", "pattern", "nats",
+    _metric("entropy_shift", Family.SHIFT, "pattern", "nats",
             "change of attention row entropy, aligned queries",
             "the negation spreads attention more than the neutral edit",
             lambda x, queries: _row_entropy(x[..., queries, :]).mean(-1)),
-    _metric("cue_attention_in", "cue", "pattern", "attention weight",
+    _metric("cue_attention_in", Family.CUE, "pattern", "attention weight",
             "attention mass to the cue from aligned content tokens",
             "aligned tokens attend more to the negation cue than to the neutral word",
             _cue_in, headline=True),
-    _metric("cue_attention_out", "cue", "pattern", "attention weight",
+    _metric("cue_attention_out", Family.CUE, "pattern", "attention weight",
             "attention mass from the cue to aligned content tokens",
             "the cue attends more to the aligned tokens than the neutral word does", _cue_out),
-    _metric("cue_value_share", "cue", "value_weighted", "share",
+    _metric("cue_value_share", Family.CUE, "value_weighted", "share",
             "the cue's share of value-weighted attention, aligned content queries",
             "the cue contributes more to aligned tokens than the neutral word", _cue_share,
             headline=True),
-    _metric("cue_value_spread", "cue", "value_weighted", "normalised entropy",
+    _metric("cue_value_spread", Family.CUE, "value_weighted", "normalised entropy",
             "how evenly the cue's value-weighted contribution spreads (1 = evenly)",
             "the cue's contribution spreads more evenly than the neutral word's", _cue_spread),
 ])

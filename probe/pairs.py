@@ -12,7 +12,8 @@ A pair file is JSONL (one object a line) or CSV with the columns ``id``, ``origi
 - ``target``: the word that carries the edit (kept; used by patching);
 - ``group``: the id of a pair of another set to compare with (kept as metadata).
 
-Other fields are kept as metadata. Errors name the file and line.
+Other fields are kept as metadata. Errors name the file and line. :class:`Side` names the
+three sentences of a pair wherever they are told apart (fields, run metadata, comparisons).
 
 >>> import tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "p.jsonl")
@@ -34,13 +35,38 @@ import io
 import re
 import unicodedata
 from dataclasses import dataclass, field
+from enum import Enum
 from pathlib import Path
 
 from .errors import InputError
 from .readers import json_object, split_lines
 
-REQUIRED = ("id", "original", "counterfactual")
-OPTIONAL = ("kind", "target", "group", "control", "cue", "cluster")
+
+class Label(str, Enum):
+    """An enum whose members are the strings that files and tables hold: a member equals,
+    hashes, prints and serialises (JSON, CSV) as its value, so code compares members while
+    files keep plain strings.
+
+    >>> Side.CONTROL == "control", f"{Side.CONTROL}", Side("original") is Side.ORIGINAL
+    (True, 'control', True)
+    """
+
+    __hash__ = str.__hash__
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Side(Label):
+    """The three sentences of a pair: the ``side`` of every example of a pair run."""
+
+    ORIGINAL = "original"
+    COUNTERFACTUAL = "counterfactual"
+    CONTROL = "control"
+
+
+REQUIRED = ("id", Side.ORIGINAL.value, Side.COUNTERFACTUAL.value)
+OPTIONAL = ("kind", "target", "group", Side.CONTROL.value, "cue", "cluster")
 
 
 @dataclass
@@ -119,7 +145,7 @@ def load_pairs(path) -> list[Pair]:
             raise InputError(f"{where}: missing field{'s' if len(missing) > 1 else ''} "
                              f"{', '.join(missing)}")
         pid = str(row["id"])
-        for side in ("original", "counterfactual"):
+        for side in (Side.ORIGINAL, Side.COUNTERFACTUAL):
             if not isinstance(row[side], str):
                 raise InputError(f"{where}: {side} must be a string")
             if not row[side].strip():

@@ -92,7 +92,7 @@ def cmd_patch(args) -> int:
     from . import plots
     from .design import plan_pairs
     from .outputs import begin_folder, finish_folder, write_csv, write_text
-    from .pairs import load_pairs
+    from .pairs import Side, load_pairs
     from .patch_pairs import head_specs, plan_setups, sweep
     from .patch_report import (JOIN_COLUMNS, PAIR_COLUMNS, PATCH_COLUMNS, STATUS_COLUMNS, grid,
                                head_columns, heatmap, join_study, pair_rows, position_curves,
@@ -118,7 +118,8 @@ def cmd_patch(args) -> int:
         positions = _positions(args.positions)
         setups = plan_setups(pt, plans, direction=args.direction, positions=positions)
         with_controls = any(p.control is not None for p in plans)
-        controls = (plan_setups(pt, plans, direction=args.direction, positions=positions, side="control")
+        controls = (plan_setups(pt, plans, direction=args.direction, positions=positions,
+                                side=Side.CONTROL)
                     if with_controls else None)
         if all(s.status for s in setups):
             raise InputError(f"no pair of {pairs_path} can be patched: "
@@ -219,12 +220,11 @@ def _attribution_rows(screened) -> list[dict]:
 
 def _summary(args, result, rows, control_rows=None) -> str:
     n = len(result.setups)
-    status = [result.status(i) for i in range(n)]
-    used = sum(1 for s in status if not s)
+    flagged, skipped = sum(map(result.flagged, range(n))), sum(map(result.skipped, range(n)))
     lines = [f"# probe patch: {args.direction}, component {args.component}, positions {args.positions}",
-             "", f"metric: {result.metric}; {used} of {n} pairs used, "
-             f"{sum(s == 'small gap' for s in status)} flagged (gap below {args.min_gap or 'default'}), "
-             f"{sum(bool(s) and s != 'small gap' for s in status)} skipped (see patch_status.csv)", ""]
+             "", f"metric: {result.metric}; {n - flagged - skipped} of {n} pairs used, "
+             f"{flagged} flagged (gap below {args.min_gap or 'default'}), "
+             f"{skipped} skipped (see patch_status.csv)", ""]
     lines += _significant(rows, "heads whose patch effect differs from 0 (q < 0.05; any edit of "
                           "the sentence can cause this)")
     if control_rows is not None:

@@ -23,10 +23,24 @@ import numpy as np
 
 from .align import align, is_special
 from .cues import detect_cue, token_char_spans, tokens_in_spans
+from .design import NO_KIND, Exclusion, Why
 from .errors import InputError
+from .pairs import Label, Side
 from .patch_ops import Ops
 
-POSITIONS = ("all", "aligned", "cue")
+
+class Positions(Label):
+    """Which target positions a pair patches (``--positions``; a list of token positions
+    is the fourth choice)."""
+
+    ALL = "all"            # every position with a counterpart in the source
+    ALIGNED = "aligned"    # aligned content tokens, the cue left out
+    CUE = "cue"            # the cue's tokens
+
+
+POSITIONS = tuple(p.value for p in Positions)
+#: the status of a used pair whose gap is too small to normalise by (patch_status.csv)
+SMALL_GAP = "small gap"
 
 
 @dataclass
@@ -58,46 +72,48 @@ def correspondence(target: list[str], source: list[str]) -> tuple[list[int], lis
     return [int(t) for t, _ in pairs], [int(s) for _, s in pairs]
 
 
-def _positions_ok(positions):
+def _positions(positions) -> Positions | list[int]:
+    """``positions`` checked: a :class:`Positions` or a list of token positions."""
     if isinstance(positions, str):
         if positions not in POSITIONS:
             raise InputError(f"positions must be one of {', '.join(POSITIONS)}, a position or a "
                              f"list of positions, not {positions!r}")
-        return
+        return Positions(positions)
     items = [positions] if isinstance(positions, (int, np.integer)) else list(positions)
     if not items or not all(isinstance(p, (int, np.integer)) and p >= 0 for p in items):
         raise InputError(f"positions must be non-negative token positions, not {positions!r}")
+    return [int(p) for p in items]
 
 
 def pair_setup(patcher, pid, target: str, source: str, *, positions="all", target_word=None,
                cue_spans=None, kind: str = "", cluster: str | None = None) -> PairSetup:
     """Tokenise and align one pair; ``cue_spans``: the cue's character spans in ``target``."""
-    _positions_ok(positions)
+    chosen_positions = _positions(positions)
     tok = patcher.tokenizer
     t_ids, s_ids = patcher.encode([target, source])
     t_tok, s_tok = tok.convert_ids_to_tokens(t_ids), tok.convert_ids_to_tokens(s_ids)
     special = set(getattr(tok, "all_special_tokens", []) or []) or None
     target_token = patcher.target_id(target_word) if patcher.metric == "logit" else None
     kt, ks = correspondence(t_tok, s_tok)
-    setup = PairSetup(str(pid), kind or "(no kind)", str(cluster or pid), t_ids, s_ids, t_tok, s_tok,
+    setup = PairSetup(str(pid), kind or NO_KIND, str(cluster or pid), t_ids, s_ids, t_tok, s_tok,
                       (np.zeros(0, np.int64), np.zeros(0, np.int64)),
                       (np.array(kt, np.int64), np.array(ks, np.int64)), target_token)
     matched = align(t_tok, s_tok).matched
     content = [int(t) for t, _ in matched if not is_special(t_tok[t], special)]
     if not content:
-        setup.status = "no aligned content tokens"
+        setup.status = str(Exclusion(Why.NO_CONTENT))
         return setup
-    if positions == "cue" and cue_spans is None:
+    if chosen_positions is Positions.CUE and cue_spans is None:
         cue_spans = detect_cue(source, target).spans
     cue = set(tokens_in_spans(token_char_spans(target, t_tok), cue_spans or ()))
-    if positions == "all":
+    if chosen_positions is Positions.ALL:
         keep = set(kt)
-    elif positions == "aligned":
+    elif chosen_positions is Positions.ALIGNED:
         keep = set(content) - cue
-    elif positions == "cue":
+    elif chosen_positions is Positions.CUE:
         keep = cue
     else:
-        keep = {int(p) for p in ([positions] if isinstance(positions, (int, np.integer)) else positions)}
+        keep = set(chosen_positions)
         bad = [p for p in keep if p >= len(t_ids)]
         if bad:
             raise InputError(f"pair {pid!r}: position {bad[0]} is past the target's "
@@ -110,7 +126,8 @@ def pair_setup(patcher, pid, target: str, source: str, *, positions="all", targe
     return setup
 
 
-def plan_setups(patcher, plans, *, direction="noising", positions="all", side="counterfactual"):
+def plan_setups(patcher, plans, *, direction="noising", positions="all",
+                side=Side.COUNTERFACTUAL):
     """A :class:`PairSetup` per plan; ``side``: the negated side (``counterfactual``) or ``control``.
 
     noising: target = original, source = the negated side (which heads carry the change);
@@ -120,21 +137,25 @@ def plan_setups(patcher, plans, *, direction="noising", positions="all", side="c
 
     if direction not in DIRECTIONS:
         raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}, not {direction!r}")
+    if side not in (Side.COUNTERFACTUAL, Side.CONTROL):
+        raise InputError(f"side must be counterfactual or control, not {side!r}")
+    side, chosen_positions = Side(side), _positions(positions)
     setups = []
     for plan in plans:
         p = plan.pair
-        other = p.counterfactual if side == "counterfactual" else plan.control
-        if plan.duplicate_of is not None or other is None:
-            why = (f"duplicate of {plan.duplicate_of}" if plan.duplicate_of is not None
+        other = p.counterfactual if side is Side.COUNTERFACTUAL else plan.control
+        if plan.exclusion is not None or other is None:
+            why = (str(plan.exclusion) if plan.exclusion is not None
                    else f"no control ({plan.control_note})")
-            setups.append(PairSetup(p.id, p.kind or "(no kind)", plan.cluster, [], [], [], [],
+            setups.append(PairSetup(p.id, p.kind or NO_KIND, plan.cluster, [], [], [], [],
                                     (np.zeros(0, np.int64),) * 2, (np.zeros(0, np.int64),) * 2, None, why))
             continue
         if direction == "noising":
             target, source, spans = p.original, other, plan.cue.original_spans
         else:
-            target, source, spans = other, p.original, plan.cue.spans if side == "counterfactual" else None
-        if positions == "cue" and spans is None:
+            spans = plan.cue.spans if side is Side.COUNTERFACTUAL else None
+            target, source = other, p.original
+        if chosen_positions is Positions.CUE and spans is None:
             spans = detect_cue(source, target).spans
         setups.append(pair_setup(patcher, p.id, target, source, positions=positions,
                                  target_word=p.target, cue_spans=spans, kind=p.kind, cluster=plan.cluster))
@@ -161,8 +182,17 @@ class SweepResult:
         return out
 
     def status(self, i: int) -> str:
-        s = self.setups[i].status
-        return s or ("small gap" if self.small_gap[i] else "")
+        """Pair ``i``'s entry in patch_status.csv: why it was skipped, :data:`SMALL_GAP`, or ""
+        when used."""
+        return self.setups[i].status or (SMALL_GAP if self.flagged(i) else "")
+
+    def skipped(self, i: int) -> bool:
+        """Whether pair ``i`` was not patched (no alignment, no position, duplicate, ...)."""
+        return bool(self.setups[i].status)
+
+    def flagged(self, i: int) -> bool:
+        """Whether pair ``i`` was patched but its gap is too small to normalise by."""
+        return not self.skipped(i) and bool(self.small_gap[i])
 
     def rows(self) -> list[dict]:
         """One row per (pair, spec): id, kind, cluster, status, component, layer, head

@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import InputError
 from .stats import benjamini_hochberg, cluster_test
+from .study import Against, Contrast, kind_groups as _kind_groups
 
 PATCH_COLUMNS = ["layer", "head", "kind", "n_pairs", "n_clusters", "estimate", "ci_low", "ci_high",
                  "p", "q"]
@@ -25,16 +26,11 @@ PAIR_COLUMNS = ["id", "layer", "head", "effect"]
 STATUS_COLUMNS = ["id", "kind", "cluster", "status", "gap", "n_positions", "target", "source"]
 JOIN_COLUMNS = ["kind", "layer", "head", "correlational_estimate", "correlational_q",
                 "causal_estimate", "causal_q"]
-POOLED = "all kinds (pooled)"
 
 
 def kind_groups(setups, usable: np.ndarray, pooled: bool = False) -> dict[str, np.ndarray]:
     """kind -> boolean pick over pairs (only usable pairs), as the study groups them."""
-    kinds = np.array([s.kind for s in setups], dtype=object)
-    groups = {k: usable & (kinds == k) for k in sorted(set(kinds[usable]))}
-    if pooled:
-        groups[POOLED] = usable.copy()
-    return groups
+    return _kind_groups(np.array([s.kind for s in setups], dtype=object), usable, pooled)
 
 
 def grid(result, columns, shape=None) -> np.ndarray:
@@ -80,7 +76,7 @@ def pair_rows(result, columns) -> list[dict]:
     effects = result.effects
     rows = []
     for i, s in enumerate(result.setups):
-        if result.status(i) and result.status(i) != "small gap":
+        if result.skipped(i):
             continue
         for k in columns:
             _, layer, heads = result.specs[k]
@@ -110,7 +106,8 @@ def read_study(path, metric: str) -> dict:
     out = {}
     with open(path, newline="", encoding="utf-8") as f:
         for row in csv.DictReader(f):
-            if row.get("metric") == metric and row.get("contrast", "").endswith("_vs_control"):
+            contrast = Contrast.parse(row.get("contrast") or "")
+            if row.get("metric") == metric and contrast and contrast.against is Against.CONTROL:
                 num = lambda x: float(x) if x not in ("", None) else np.nan
                 out[row["kind"], int(row["layer"]), int(row["head"])] = (num(row["estimate"]), num(row["q"]))
     if not out:

@@ -1,12 +1,14 @@
 """Counterfactual studies: capture pairs with their controls, compare, test across clusters.
 
 A pair run is an ordinary run file whose examples carry ``meta`` with ``pair_id``, ``side``
-(``original``, ``counterfactual`` or ``control``), ``set`` (``pairs``, or ``baseline`` for an
-explicit unpaired contrast set), ``study`` (``negation`` or ``counterfactual``) and the pair's
-plan (:func:`probe.design.plan_meta`). Everything after the capture reads only the run, so
+(a :class:`probe.pairs.Side`: ``original``, ``counterfactual`` or ``control``), ``set`` (a
+:class:`probe.design.PairSet`: ``pairs``, or ``baseline`` for an explicit unpaired contrast
+set), ``study`` (``negation`` or ``counterfactual``) and the pair's plan
+(:func:`probe.design.plan_meta`). Everything after the capture reads only the run, so
 ``probe analyze RUN.h5`` recomputes every table and figure without the model.
 
-Contrasts, per metric, kind, layer and head (``stats.csv``); ``{study}`` is the study's name:
+Contrasts (a :class:`Contrast`: the study and what it is :class:`Against`), per metric, kind,
+layer and head (``stats.csv``, named ``{study}_vs_{against}``; ``{study}`` is the study's name):
 
 - ``{study}_vs_original``: the counterfactual against the original. Tested (over clusters)
   only for ``shift`` metrics; distances, correlations and cue metrics are descriptive here;
@@ -28,9 +30,10 @@ import numpy as np
 
 from .cues import token_char_spans, tokens_in_spans
 from .pair_compare import align_pair, compare_pair
-from .design import PairPlan, plan_from_meta, plan_meta
+from .design import NO_KIND, Exclusion, PairPlan, PairSet, Why, plan_from_meta, plan_meta
 from .errors import InputError
-from .pair_metrics import METRICS, components_needed
+from .pair_metrics import METRICS, Family, components_needed
+from .pairs import Label, Side
 from .captures import require_every_head
 from .stats import benjamini_hochberg, cluster_test, cluster_unpaired_test
 
@@ -38,7 +41,39 @@ STUDY_COMPONENTS = components_needed()
 POOLED = "all kinds (pooled)"
 STATS_COLUMNS = ["metric", "contrast", "kind", "layer", "head", "n_pairs", "n_clusters", "estimate",
                  "ci_low", "ci_high", "effect_size", "test", "p", "q", "log10_p"]
-SIDES = ("original", "counterfactual", "control")
+SIDES = tuple(Side)
+
+
+class Against(Label):
+    """What a contrast compares the pairs' counterfactuals with."""
+
+    ORIGINAL = "original"
+    CONTROL = "control"
+    BASELINE = "baseline"
+
+
+@dataclass(frozen=True)
+class Contrast:
+    """One contrast of a study; ``str()`` is its name in ``stats.csv``.
+
+    >>> c = Contrast("negation", Against.CONTROL)
+    >>> str(c), Contrast.parse("negation_vs_control") == c, Contrast.parse("negation")
+    ('negation_vs_control', True, None)
+    """
+
+    study: str
+    against: Against
+
+    def __str__(self) -> str:
+        return f"{self.study}_vs_{self.against}"
+
+    @classmethod
+    def parse(cls, name: str) -> Contrast | None:
+        """The contrast named ``name`` in a ``stats.csv`` (None: not a contrast's name)."""
+        study, vs, against = str(name).rpartition("_vs_")
+        if not (study and vs) or against not in tuple(Against):
+            return None
+        return cls(study, Against(against))
 
 
 def pair_texts(plans, study: str = "negation") -> tuple[list[str], list[dict]]:
@@ -49,7 +84,7 @@ def pair_texts(plans, study: str = "negation") -> tuple[list[str], list[dict]]:
         for side, text in zip(SIDES, (plan.pair.original, plan.pair.counterfactual, plan.control)):
             if text is not None:
                 texts.append(text)
-                metas.append({**base, "side": side})
+                metas.append({**base, "side": side.value})
     return texts, metas
 
 
@@ -69,8 +104,8 @@ class PairTable:
     study: str
     plans: list[PairPlan]
     layers: tuple[int, ...]
-    excluded: list[str]                       # reason per pair, "" when used
-    positions: list[dict] = field(default_factory=list)   # side -> example index
+    exclusions: list[Exclusion | None]        # why each pair is left out; None when used
+    positions: list[dict] = field(default_factory=list)   # Side -> example index
     values: dict[str, np.ndarray] = field(default_factory=dict)
     control: dict[str, np.ndarray] = field(default_factory=dict)
 
@@ -82,12 +117,17 @@ class PairTable:
         return [p.pair.id for p in self.plans]
 
     @property
+    def excluded(self) -> list[str]:
+        """Why each pair is left out, as ``pairs.csv`` says it ("" when used)."""
+        return [str(e or "") for e in self.exclusions]
+
+    @property
     def used(self) -> np.ndarray:
-        return np.array([not e for e in self.excluded], dtype=bool)
+        return np.array([e is None for e in self.exclusions], dtype=bool)
 
     @property
     def kinds(self) -> np.ndarray:
-        return np.array([p.pair.kind or "(no kind)" for p in self.plans], dtype=object)
+        return np.array([p.pair.kind or NO_KIND for p in self.plans], dtype=object)
 
     @property
     def clusters(self) -> np.ndarray:
@@ -95,17 +135,18 @@ class PairTable:
 
     def rows(self) -> list[dict]:
         """``pairs.csv``: one row per input pair, with the reason it was excluded."""
-        return [plan.row(reason) for plan, reason in zip(self.plans, self.excluded)]
+        return [plan.row(why) for plan, why in zip(self.plans, self.exclusions)]
 
 
 def _group_examples(capture) -> dict[str, dict[str, dict]]:
-    """set -> pair_id -> {side: example index}, in order of first appearance."""
+    """set -> pair_id -> {Side: example index}, in order of first appearance."""
     sets: dict[str, dict[str, dict]] = {}
     for i, meta in enumerate(capture.metas()):
         if "pair_id" not in meta or meta.get("side") not in SIDES:
             raise InputError(f"example {i} of the run has no pair_id/side metadata: this is "
                              "not a pair run (capture pairs with probe negation/counterfactual)")
-        sets.setdefault(meta.get("set", "pairs"), {}).setdefault(str(meta["pair_id"]), {})[meta["side"]] = i
+        pairs = sets.setdefault(meta.get("set", PairSet.PAIRS), {})
+        pairs.setdefault(str(meta["pair_id"]), {})[Side(meta["side"])] = i
     return sets
 
 
@@ -136,11 +177,11 @@ def pair_tables(capture, *, metrics=None, special=None) -> dict[str, PairTable]:
             table.study = meta.get("study", "counterfactual")
             examples = {s: capture[i] for s, i in sides.items()}
             texts = {s: ex.text for s, ex in examples.items()}
-            plan = plan_from_meta(meta, texts.get("original", ""), texts.get("counterfactual", ""),
-                                  texts.get("control"))
-            reason, v, c = _compare(plan, examples, layers, names, special)
+            plan = plan_from_meta(meta, texts.get(Side.ORIGINAL, ""),
+                                  texts.get(Side.COUNTERFACTUAL, ""), texts.get(Side.CONTROL))
+            why, v, c = _compare(plan, examples, layers, names, special)
             table.plans.append(plan)
-            table.excluded.append(reason)
+            table.exclusions.append(why)
             table.positions.append(sides)
             rows_v.append(v)
             rows_c.append(c)
@@ -154,34 +195,37 @@ def pair_tables(capture, *, metrics=None, special=None) -> dict[str, PairTable]:
 
 
 def _compare(plan: PairPlan, examples, layers, names, special):
-    """(exclusion reason, counterfactual values, control values) of one pair."""
-    if plan.duplicate_of is not None:
-        return f"duplicate of {plan.duplicate_of}", {}, {}
-    expected = {"original", "counterfactual"} | ({"control"} if plan.control is not None else set())
+    """(why the pair is left out or None, counterfactual values, control values) of one pair."""
+    if plan.exclusion is not None:
+        return plan.exclusion, {}, {}
+    expected = {Side.ORIGINAL, Side.COUNTERFACTUAL} | (
+        {Side.CONTROL} if plan.control is not None else set())
     if not expected <= set(examples):
-        return "not captured (unfinished run)", {}, {}
+        return Exclusion(Why.NOT_CAPTURED), {}, {}
     orig, cf, ctrl = (examples.get(s) for s in SIDES)
     view = align_pair(orig.tokens, cf.tokens, None if ctrl is None else ctrl.tokens,
                       cue=_cue_tokens(cf, plan.cue.spans),
                       cue_original=_cue_tokens(orig, plan.cue.original_spans), special=special)
     if view.n_content == 0:
-        return "no aligned content tokens", {}, {}
+        return Exclusion(Why.NO_CONTENT), {}, {}
     values, control = compare_pair(orig, cf, ctrl, view, layers=layers, metrics=names)
-    for side, found in (("counterfactual", values), ("control", control or {})):
+    for side, found in ((Side.COUNTERFACTUAL, values), (Side.CONTROL, control or {})):
         for m, value in found.items():
             if value is not None:
                 _check_finite(value, plan.pair.id, m, side, layers)
-    return "", values, control or {}
+    return None, values, control or {}
 
 
-def contrasts(table: PairTable, baseline: PairTable | None = None) -> list[str]:
-    """The contrast names of a table's study."""
-    names = [f"{table.study}_vs_original", f"{table.study}_vs_control"]
-    return names + ([f"{table.study}_vs_baseline"] if baseline is not None else [])
+def contrasts(table: PairTable, baseline: PairTable | None = None) -> list[Contrast]:
+    """The contrasts of a table's study: against the original, the control and, given a
+    baseline set, the baseline."""
+    against = [Against.ORIGINAL, Against.CONTROL] + ([Against.BASELINE] if baseline is not None else [])
+    return [Contrast(table.study, a) for a in against]
 
 
-def _kind_groups(table: PairTable, pooled: bool) -> dict[str, np.ndarray]:
-    used, kinds = table.used, table.kinds
+def kind_groups(kinds: np.ndarray, used: np.ndarray, pooled: bool = False) -> dict[str, np.ndarray]:
+    """kind -> boolean pick over pairs (used pairs only), and every used pair under
+    :data:`POOLED` when ``pooled``: the groups the study (and probe patch) test separately."""
     groups = {k: used & (kinds == k) for k in sorted(set(kinds[used]))}
     if pooled:
         groups[POOLED] = used.copy()
@@ -194,7 +238,7 @@ def study_statistics(table: PairTable, baseline: PairTable | None = None, *, poo
     rows = []
     vs_original, vs_control, *vs_baseline = contrasts(table, baseline)
     clusters = table.clusters
-    for kind, pick in _kind_groups(table, pooled).items():
+    for kind, pick in kind_groups(table.kinds, table.used, pooled).items():
         for name, m in METRICS.items():
             if name not in table.values:
                 continue
@@ -203,7 +247,7 @@ def study_statistics(table: PairTable, baseline: PairTable | None = None, *, poo
                                                 seed=seed), m.descriptive_reason)]
             tests.append((vs_control, cluster_test(values - table.control[name][pick], clusters[pick],
                                                    n_resamples=n_resamples, seed=seed), ""))
-            if vs_baseline and m.family != "cue" and name in baseline.values:
+            if vs_baseline and m.family is not Family.CUE and name in baseline.values:
                 b = baseline.values[name][baseline.used]
                 tests.append((vs_baseline[0], cluster_unpaired_test(
                     values, clusters[pick], b, baseline.clusters[baseline.used],
@@ -220,7 +264,7 @@ def _rows(metric, contrast, kind, layers, r, descriptive: str) -> list[dict]:
         for head in range(r.estimate.shape[1]):
             if r.n_pairs[li, head] == 0:
                 continue
-            row = {"metric": metric, "contrast": contrast, "kind": kind, "layer": layer,
+            row = {"metric": metric, "contrast": str(contrast), "kind": kind, "layer": layer,
                    "head": head, "n_pairs": int(r.n_pairs[li, head]),
                    "n_clusters": int(r.n_clusters[li, head]), "estimate": r.estimate[li, head],
                    "ci_low": r.ci_low[li, head], "ci_high": r.ci_high[li, head],

@@ -22,12 +22,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .design import PAIR_COLUMNS
+from .design import PAIR_COLUMNS, PairSet
 from .errors import InputError
 from .outputs import begin_folder, finish_folder, write_csv, write_text
 from .pair_metrics import HEADLINE, METRICS
 from .pairs import slugs
-from .study import POOLED, STATS_COLUMNS, PairTable, contrasts, pair_tables, study_statistics
+from .study import (POOLED, STATS_COLUMNS, Against, Contrast, PairTable, contrasts, pair_tables,
+                    study_statistics)
 
 ALPHA = 0.05
 
@@ -58,7 +59,7 @@ class StudyResult:
                f"<pre style='white-space:pre-wrap'>{html.escape(text)}</pre>"
 
 
-def analyze(capture, out_dir, *, main_set: str = "pairs", baseline_set: str | None = None,
+def analyze(capture, out_dir, *, main_set: str = PairSet.PAIRS, baseline_set: str | None = None,
             pooled: bool = False, n_resamples: int = 1000, seed: int = 0, figures: bool = True,
             example_pair: str | None = None, title: str | None = None,
             special=None, settings: dict | None = None) -> StudyResult:
@@ -115,19 +116,20 @@ def _per_pair_rows(table: PairTable):
                 yield row
 
 
-def _grid(stats, metric, contrast, kind, layers, n_heads):
-    """(estimate grid, significant grid, descriptive reason) of one metric, contrast, kind."""
+def _grid(stats, metric, contrast: Contrast, kind, layers, n_heads):
+    """(estimate grid, significant grid, why it is descriptive or "") of one metric, contrast
+    and kind; a contrast with the original is descriptive for the metrics that say so."""
     grid = np.full((len(layers), n_heads), np.nan)
     sig = np.zeros(grid.shape, bool)
-    reason = ""
+    found = False
     for r in stats:
-        if r["metric"] == metric and r["contrast"] == contrast and r["kind"] == kind:
+        if r["metric"] == metric and r["contrast"] == str(contrast) and r["kind"] == kind:
             li = layers.index(r["layer"])
             grid[li, r["head"]] = r["estimate"]
             sig[li, r["head"]] = r["q"] < ALPHA
-            if r["test"].startswith("descriptive"):
-                reason = r["test"]
-    return grid, sig, reason
+            found = True
+    descriptive = found and contrast.against is Against.ORIGINAL
+    return grid, sig, METRICS[metric].descriptive_reason if descriptive else ""
 
 
 def _figures(capture, main: PairTable, stats, out_dir: Path, example_pair) -> list[Path]:
@@ -148,7 +150,7 @@ def _figures(capture, main: PairTable, stats, out_dir: Path, example_pair) -> li
                 grid, sig, reason = _grid(stats, metric, contrast, kind, layers, n_heads)
                 panels[kind] = (grid, None if reason else sig,
                                 reason.split(";")[0] if reason else "not significant (q > 0.05)")
-            descriptive = contrast.endswith("_vs_original") and not m.tested_vs_original
+            descriptive = contrast.against is Against.ORIGINAL and not m.tested_vs_original
             fig = plots.contrast_heatmaps(
                 panels, f"{metric}, {contrast}: {'mean over clusters' if descriptive else 'estimate'}",
                 label=f"{m.label} ({m.unit})", center=None if descriptive else 0.0)
@@ -193,7 +195,7 @@ def summary(main: PairTable, baseline, stats, title: str, attrs: dict, settings=
     if attrs:
         lines.append(f"Model: `{attrs.get('model')}` ({attrs.get('model_type')}), run created "
                      f"{attrs.get('created')}, probe {attrs.get('probe_version')}.")
-    excluded = Counter(e.split(" of ")[0] if e.startswith("duplicate") else e for e in main.excluded if e)
+    excluded = Counter(str(e.why) for e in main.exclusions if e is not None)
     lines.append(f"Pairs: {len(main)} input rows, {int(used.sum())} used in "
                  f"{len(set(main.clusters[used]))} clusters"
                  + (f"; left out: {', '.join(f'{k} {v}' for k, v in excluded.items())}" if excluded else "")
@@ -205,8 +207,9 @@ def summary(main: PairTable, baseline, stats, title: str, attrs: dict, settings=
                  "(pairs without a cue are left out of the cue metrics only).")
     if baseline is not None:
         lines.append(f"Baseline set `{baseline.set}`: {int(baseline.used.sum())} pairs, compared "
-                     f"unpaired in `{main.study}_vs_baseline` (not a matched control).")
-    vs_original, vs_control = contrasts(main)[:2]
+                     f"unpaired in `{Contrast(main.study, Against.BASELINE)}` (not a matched "
+                     "control).")
+    vs_original, vs_control = (str(c) for c in contrasts(main)[:2])
     lines += ["", "How to read this: `" + vs_original + "` compares each counterfactual with its "
               "original; inserting any word changes attention, so only `" + vs_control + "` (the "
               "difference in differences against the matched control, on the same aligned tokens) "

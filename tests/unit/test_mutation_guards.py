@@ -18,7 +18,7 @@ import pytest
 
 from probe import InputError
 from probe.captures import Capture, CapturedBatch, Example
-from probe.design import PairPlan
+from probe.design import Exclusion, PairPlan, Why
 from probe.pairs import Pair
 from probe.study import PairTable, pair_tables, study_statistics
 
@@ -52,25 +52,38 @@ def test_slices_keep_the_head_map_even_when_empty():
     assert len(cap[3:]) == 0 and cap[3:].heads == cap.heads  # no example to ask
 
 
+def _publish_outcome(folder, exists: bool):
+    """(error, bytes at the final name, whether the temporary file is left) of one publish."""
+    from probe.store.files import publish
+
+    final, tmp = folder / "run.h5", folder / "run.h5.creating"
+    folder.mkdir()
+    if exists:
+        final.write_bytes(b"precious")
+    tmp.write_bytes(b"new")
+    try:
+        publish(str(tmp), str(final))
+        error = None
+    except InputError as err:
+        error = str(err).replace(str(folder), "FOLDER")
+    return error, final.read_bytes(), tmp.exists()
+
+
 @pytest.mark.parametrize("refusal", [PermissionError(errno.EPERM, "Operation not permitted"),
                                      OSError(errno.EXDEV, "Invalid cross-device link")])
-def test_publishing_without_hard_links_never_overwrites(tmp_path, monkeypatch, refusal):
-    from probe.store.files import publish
+def test_publishing_without_hard_links_is_as_safe_as_with_them(tmp_path, monkeypatch, refusal):
+    linked = {exists: _publish_outcome(tmp_path / f"linked-{exists}", exists)
+              for exists in (True, False)}
+    assert linked[True] == ("FOLDER/run.h5 already exists; probe never overwrites a run",
+                            b"precious", False)
+    assert linked[False] == (None, b"new", False)
 
     def no_links(src, dst):
         raise refusal
 
-    monkeypatch.setattr(os, "link", no_links)
-    final, tmp = tmp_path / "run.h5", tmp_path / "run.h5.creating"
-    final.write_bytes(b"precious")
-    tmp.write_bytes(b"new")
-    with pytest.raises(InputError, match="already exists"):
-        publish(str(tmp), str(final))
-    assert final.read_bytes() == b"precious" and not tmp.exists()
-    final.unlink()
-    tmp.write_bytes(b"new")
-    publish(str(tmp), str(final))  # nothing there: renamed into place
-    assert final.read_bytes() == b"new" and not tmp.exists()
+    monkeypatch.setattr(os, "link", no_links)  # a file system without hard links
+    for exists in (True, False):
+        assert _publish_outcome(tmp_path / f"renamed-{exists}", exists) == linked[exists]
 
 
 # --------------------------------------------------------------------------- the pair study
@@ -117,12 +130,12 @@ def test_a_pair_without_a_control_has_no_control_values():
         assert np.isnan(table.control[metric][1]).all(), metric  # not zero: no control at all
 
 
-def _table(set_name, values: dict, control: dict, excluded=None) -> PairTable:
+def _table(set_name, values: dict, control: dict, exclusions=None) -> PairTable:
     n = len(next(iter(values.values())))
     plans = [PairPlan(Pair(f"{set_name}{i}", "x", "y", kind="k"), set_name, f"{set_name}{i}", None)
              for i in range(n)]
     as_cells = lambda v: np.asarray(v, float).reshape(n, 1, 1)  # noqa: E731  [pair, layer, head]
-    return PairTable(set_name, "negation", plans, (0,), excluded or [""] * n,
+    return PairTable(set_name, "negation", plans, (0,), exclusions or [None] * n,
                      values={m: as_cells(v) for m, v in values.items()},
                      control={m: as_cells(v) for m, v in control.items()})
 
@@ -140,7 +153,7 @@ def test_study_contrasts_with_partial_controls_and_an_unpaired_baseline():
     base = _table("baseline", {"first_token_shift": [0.1, 0.2, 0.3, 0.4, nan],
                                "cue_attention_in": [0.1] * 4 + [nan]},
                   {"first_token_shift": [nan] * 5, "cue_attention_in": [nan] * 5},
-                  excluded=[""] * 4 + ["duplicate of baseline0"])
+                  exclusions=[None] * 4 + [Exclusion(Why.DUPLICATE, "baseline0")])
     rows = study_statistics(main, base, n_resamples=50)
 
     orig = _row(rows, "first_token_shift", "negation_vs_original")
