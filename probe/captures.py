@@ -133,6 +133,16 @@ class CapturedBatch:
         _, component = names.parse_key(key)
         return pack_rows(torch.from_numpy(self.arrays[key]), component, self.spans, dtype, out)
 
+    def tail(self, first: int) -> CapturedBatch:
+        """The batch without its first ``first`` rows (views of the same arrays)."""
+        def cut(x):
+            return None if x is None else x[first:]
+
+        return CapturedBatch({key: a[first:] for key, a in self.arrays.items()},
+                             self.spans[first:], cut(self.tokens), keys=self.keys,
+                             input_ids=cut(self.input_ids), meta=cut(self.meta),
+                             head_map=self.head_map)
+
     def example(self, row: int, index=None) -> Example:
         start, stop = self.spans[row]
 

@@ -147,24 +147,24 @@ def _capture(probe, make_records, out, exists, settings, n_examples, stored, *, 
                 state = done[[start + j for j in rows]]
                 if state.all():
                     continue
-                if state.any():
-                    raise ProbeError(f"{out} holds part of a batch; the file was not written "
-                                     "by this batch plan. Write to a new file")
+                k = _committed_head(state, out)  # rows a salvaged resume kept (usually 0)
                 check_stop(out, writer)
-                ids = [enc.ids[j] for j in rows]
+                ids = [enc.ids[j] for j in rows]  # the whole batch: same padding, same numbers
                 if streams_layers(stream, writer, len(ids), max(len(x) for x in ids)):
                     background.wait()  # earlier batches first: rows stay in batch order
                     probe.stream_ids(ids, lambda layer, got, spans: [
-                        writer.write_key(names.key(layer, c), t, spans) for c, t in got.items()])
-                    writer.commit(_batch_rows(chunk, rows, start, enc, [
-                        (probe.tokenizer.convert_ids_to_tokens(x), x) for x in ids]))
+                        writer.write_key(names.key(layer, c), t[k:], spans[k:])
+                        for c, t in got.items()])
+                    writer.commit(_batch_rows(chunk, rows[k:], start, enc, [
+                        (probe.tokenizer.convert_ids_to_tokens(x), x) for x in ids[k:]]))
                 else:
                     background.reserve()
                     capture = probe.capture_ids(ids)
-                    background.put((_batch_rows(chunk, rows, start, enc, [
-                        (ex.tokens, ex.input_ids) for ex in capture]), capture.batch))
+                    background.put((_batch_rows(chunk, rows[k:], start, enc, [
+                        (ex.tokens, ex.input_ids) for ex in capture][k:]),
+                        capture.batch.tail(k) if k else capture.batch))
                     capture = None  # the writer holds the only reference now: see BackgroundWriter
-                bar.update(len(rows))
+                bar.update(len(rows) - k)
             start += n_chunk
         background.stop()
         writer.finish()
@@ -185,6 +185,17 @@ def _capture(probe, make_records, out, exists, settings, n_examples, stored, *, 
         raise write_failed(failure.cause, out,
                            failure.committed if committed is None else committed) from None
     return open_run(out)
+
+
+def _committed_head(state: np.ndarray, out) -> int:
+    """How many of a batch's rows (in batch order) the file holds already: 0, or the first
+    rows of the last committed batch when a resume gave up rows after them (a chunk torn by a
+    kill; see :mod:`probe.store.salvage`). Any other mix means another batch plan wrote it."""
+    k = int(state.sum())
+    if not state[:k].all():
+        raise ProbeError(f"{out} holds part of a batch; the file was not written by this "
+                         "batch plan. Write to a new file")
+    return k
 
 
 def _batch_rows(chunk, rows, start, enc, tokens_and_ids) -> list[BatchRow]:

@@ -8,6 +8,7 @@ Modules, one job each (an arrow: may import)::
     errors.py   the store's exceptions; detaching a file whose writes fail (none of these)
     files.py    opening files safely, publishing, extending, the lock    -> layout, errors
     writer.py   RunWriter and BatchRow: create, reopen, append, finish   -> layout, files, errors
+    salvage.py  rows a kill left unreadable, given up before a resume    -> layout
     reader.py   Run and open_run: lazy reads, index and damage checks    -> layout, files, errors
     shards.py   combine: shards joined by virtual datasets, or copied    -> layout, files, errors
 

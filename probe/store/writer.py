@@ -11,13 +11,14 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+import warnings
 from collections.abc import Sequence
 
 import h5py
 import numpy as np
 
 from .. import names
-from ..errors import InputError, ProbeError
+from ..errors import InputError, ProbeError, ProbeWarning
 from ..lock import WriterLock
 from .errors import (WriteFailedError, close_after_failure, close_or_detach, detach,
                      is_write_failure, quiet_failed_closes, write_failed)
@@ -29,6 +30,7 @@ from .tensors import (CHUNK_CACHE, DTYPES, UNITS, above_diagonal, check_dtype, t
                       unit_of)
 from .attrs import to_attr
 from .packing import BatchRow, Packer, encode_rows
+from .salvage import intact_rows
 from .triangles import units_of_rows
 
 class RunWriter:
@@ -88,6 +90,7 @@ class RunWriter:
             f = open_file(path, writable=True)
             check_schema(f, path)
             check_contents(f, path)
+            _give_up_torn_rows(f, path)
             writer = cls(f, dtype, lock, path=path)
             _truncate(f, writer.n_done, writer.extent, writer._key_ds.values())
             f.flush()
@@ -234,6 +237,21 @@ def _create_file(final: str, attrs: dict, key_specs: dict, **options):
             raise write_failed(err, final, 0) from None
         raise
     return f, lock
+
+
+def _give_up_torn_rows(f: h5py.File, path) -> None:
+    """Move the commit counter back before committed rows a kill left unreadable (see
+    :mod:`~probe.store.salvage`); the resume captures them again."""
+    n_done = int(f["state/n_done"][0])
+    tensors = [(dataset_path(key), *tensor_attrs(f[dataset_path(key)])[:2])
+               for key in stored_keys(f)]
+    kept, damaged = intact_rows(f, n_done, tensors)
+    if kept < n_done:
+        f["state/n_done"][0] = kept
+        f.flush()
+        warnings.warn(f"{path}: the interrupted write left {', '.join(damaged)} unreadable "
+                      f"(a chunk fails its checksum); {n_done - kept} committed example(s) "
+                      "are dropped and captured again", ProbeWarning, stacklevel=3)
 
 
 def _truncate(f: h5py.File, n_done: int, extent: dict, tensors) -> None:

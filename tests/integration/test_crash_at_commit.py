@@ -15,6 +15,7 @@ import sys
 
 import h5py
 import numpy as np
+import pytest
 
 from conftest import capture_command, random_sentences
 
@@ -73,3 +74,77 @@ def test_resume_after_a_kill_at_commit_equals_an_uninterrupted_run(tmp_path, tin
     for name, data in want.items():
         assert got[name].shape == data.shape, f"{name}: {got[name].shape} != {data.shape}"
         np.testing.assert_array_equal(got[name], data, err_msg=name)
+
+
+def _flip_byte_at(path, name, value):
+    """Flip one byte of the stored chunk that holds element ``value`` of dataset ``name``
+    (a torn write: the chunk's bytes no longer match its checksum)."""
+    with h5py.File(path, "r", libver="latest", swmr=True) as f:
+        ds = f[name]
+        start = value - value % ds.chunks[0]
+        info = ds.id.get_chunk_info_by_coord((start,))
+        offset = info.byte_offset + info.size // 3
+    with open(path, "r+b") as fh:
+        fh.seek(offset)
+        byte = fh.read(1)
+        fh.seek(offset)
+        fh.write(bytes([byte[0] ^ 0x5A]))
+
+
+def _committed_end(path, name) -> tuple[int, int]:
+    """``(values the committed rows take in dataset name, its chunk size)``."""
+    from probe.store.layout import committed_extent
+    from probe.store.tensors import tensor_attrs
+
+    with h5py.File(path, "r", libver="latest", swmr=True) as f:
+        ds, n = f[name], int(f["state/n_done"][0])
+        extent = committed_extent(f, n)
+        if name.startswith("index/"):
+            end = n
+        elif name in ("tokens/end", "tokens/input_ids"):
+            end = extent["token"]
+        elif name in extent:
+            end = extent[name]
+        else:
+            unit, per_unit, _ = tensor_attrs(ds)
+            end = extent[unit] * per_unit
+        return end, ds.chunks[0]
+
+
+@pytest.mark.parametrize("name,extra", [
+    ("index/n_tokens", ()), ("tokens/end", ()), ("examples/text", ()),
+    ("blocks/1/attn/q", ()), ("blocks/1/attn/q", ("--compression", "lzf")),
+    ("blocks/1/attn/q", ("--stream", "layer")),
+])
+def test_resume_gives_up_rows_in_a_chunk_torn_by_the_kill(tmp_path, tiny_model_dir, name, extra):
+    """A kill during the next batch's write can tear the chunk that also holds the last
+    committed rows: it fails its checksum, and shrinking the dataset to the commit must read
+    it. The resume must move the commit back before that chunk (saying so), capture those
+    rows again, and end equal to an uninterrupted run. On the tensor the commit moves back
+    into the middle of a batch: the resume captures that batch whole and writes its rest."""
+    src = tmp_path / "in.txt"
+    src.write_text("\n".join(random_sentences(40, seed=3)) + "\n")
+    ref, out = tmp_path / "ref.h5", tmp_path / "killed.h5"
+    done = subprocess.run(capture_command(src, ref, tiny_model_dir, *extra),
+                          capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    killed = subprocess.run([sys.executable, "-c", _KILL_AT_COMMIT, "3",
+                             *capture_command(src, out, tiny_model_dir, *extra)[3:]],
+                            capture_output=True, text=True, timeout=300)
+    assert killed.returncode == -9, killed.stderr[-1000:]
+    end, chunk = _committed_end(out, name)
+    assert end % chunk, f"{name}: the commit must end inside a chunk for this test"
+    _flip_byte_at(out, name, end - 1)
+    with h5py.File(out, "r", libver="latest", swmr=True) as f, pytest.raises(OSError):
+        f[name][end - end % chunk:end]  # the committed rows in that chunk no longer read
+
+    resumed = subprocess.run(capture_command(src, out, tiny_model_dir, "--resume", *extra),
+                             capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "probe: warning:" in resumed.stderr and f"/{name} (rows " in resumed.stderr, \
+        resumed.stderr
+    assert "Traceback" not in resumed.stderr
+    want, got = _datasets(ref), _datasets(out)
+    for key, data in want.items():
+        assert got[key].shape == data.shape, f"{key}: {got[key].shape} != {data.shape}"
+        np.testing.assert_array_equal(got[key], data, err_msg=key)

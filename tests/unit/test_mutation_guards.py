@@ -16,7 +16,7 @@ import os
 import numpy as np
 import pytest
 
-from probe import InputError
+from probe import InputError, ProbeError
 from probe.captures import Capture, CapturedBatch, Example
 from probe.design import Exclusion, PairPlan, Why
 from probe.pairs import Pair
@@ -171,3 +171,15 @@ def test_study_contrasts_with_partial_controls_and_an_unpaired_baseline():
     # without a baseline there is no such contrast
     assert {r["contrast"] for r in study_statistics(main, n_resamples=50)} == {
         "negation_vs_original", "negation_vs_control"}
+
+
+def test_a_resumed_batch_may_hold_only_its_first_rows():
+    """After a salvaged resume the last committed batch may hold its first rows; those are
+    skipped when the batch is written again. Done rows anywhere else mean another plan."""
+    from probe.runner import _committed_head
+
+    assert _committed_head(np.array([False, False, False]), "run.h5") == 0
+    assert _committed_head(np.array([True, True, False]), "run.h5") == 2
+    for mixed in ([False, True, False], [True, False, True]):
+        with pytest.raises(ProbeError, match="holds part of a batch"):
+            _committed_head(np.array(mixed), "run.h5")
