@@ -13,8 +13,8 @@ writes DIR/shard-K-of-N.h5 with ``resume=True``. The tasks share nothing but the
 cluster: a shared file system), so a task that Ray retries (``--retries``), or a second run of
 this script, continues its shard where it stopped. The driver then joins the shards with
 ``probe.store.combine`` into DIR/run.h5: a view over the shards, or with `--copy` one
-self-contained file. Windows of ``--window`` inputs are dealt out to the tasks: with fewer
-windows than tasks, some shard stays empty (a warning), so give small inputs a small window.
+self-contained file. The batches of the plan are dealt out to the tasks whole, balanced to
+within one batch: with fewer batches than tasks, some shard stays empty (a warning).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from pathlib import Path
 # ---- config: defaults of the options below -----------------------------------------------
 ROOT = Path(__file__).resolve().parent.parent
 TASKS = 2
-WINDOW = 256                  # inputs per window; windows are dealt out to the tasks
+WINDOW = 256                  # inputs sorted by length together (part of the batch plan)
 BATCH_SIZE = 32
 CPUS_PER_TASK = 1             # Ray's num_cpus per task (torch threads follow it)
 RETRIES = 3                   # Ray's max_retries: a retried task resumes its shard

@@ -50,7 +50,7 @@ def add_capture_parser(sub) -> None:
     cap.add_argument("--window", type=int, default=2048,
                      help="inputs sorted by length together (part of the batch plan)")
     cap.add_argument("--shard", default=None, metavar="K/N|auto",
-                     help="capture only input windows w with w %% N == K (one of N processes); "
+                     help="capture only shard K of N (whole batches, balanced to within one batch); "
                      "'auto' reads K and N from torchrun, SLURM or MPI; with --out DIR/ each "
                      "shard writes DIR/shard-K-of-N.h5; join them with `probe combine`")
     cap.add_argument("--stream", choices=["auto", "batch", "layer"], default="auto",

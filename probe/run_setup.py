@@ -8,6 +8,7 @@ Imports :mod:`probe.inputs`, :mod:`probe.store` and :mod:`probe.names`; never th
 from __future__ import annotations
 
 import hashlib
+import heapq
 import json
 import os
 from itertools import islice
@@ -106,6 +107,46 @@ def check_resume(f, wanted: dict, path) -> None:
 def _short(value) -> str:
     text = repr(value)
     return text if len(text) < 80 else text[:60] + "...]"
+
+
+def batch_owners(n_examples: int, window: int, batch_size: int, n_shards: int):
+    """The shard of every batch of the plan, window by window: for each input window, a list
+    with the shard of each of its batches, in the order :func:`~probe.inputs.batches_by_length`
+    gives them.
+
+    A batch is the smallest part a shard can take: splitting one changes its padding and the
+    numbers with it (in the last bits), and a combined run must equal an unsharded one. Each
+    batch goes to the shard that holds the fewest examples so far (ties: the lowest K), so
+    shards differ by at most one batch; a window of n records makes n // batch_size full
+    batches and one of n % batch_size, whatever the lengths, so the plan needs no tokenizing.
+
+    >>> list(batch_owners(10, window=8, batch_size=3, n_shards=2))
+    [[0, 1, 0], [1]]
+    """
+    held = [(0, k) for k in range(n_shards)]  # a heap of (examples so far, shard)
+    for start in range(0, n_examples, window):
+        n = min(window, n_examples - start)
+        owners = []
+        for size in [batch_size] * (n // batch_size) + [n % batch_size] * bool(n % batch_size):
+            count, k = heapq.heappop(held)
+            heapq.heappush(held, (count + size, k))
+            owners.append(k)
+        yield owners
+
+
+def shard_size(n_examples: int, window: int, batch_size: int, shard_k: int, n_shards: int) -> int:
+    """How many examples shard ``shard_k`` of ``n_shards`` captures (see :func:`batch_owners`).
+
+    >>> [shard_size(10, 8, 3, k, 2) for k in (0, 1)]
+    [5, 5]
+    """
+    total = 0
+    for start, owners in zip(range(0, n_examples, window),
+                             batch_owners(n_examples, window, batch_size, n_shards)):
+        n = min(window, n_examples - start)
+        total += sum(min(batch_size, n - i * batch_size)
+                     for i, k in enumerate(owners) if k == shard_k)
+    return total
 
 
 def parse_shard(shard) -> tuple[int, int]:

@@ -21,8 +21,8 @@ import numpy as np
 from . import names
 from .errors import InputError, ProbeError, ProbeWarning
 from .inputs import batches_by_length, encode, max_length_of
-from .run_setup import (check_resume, key_sizes, make_parent, parse_shard, probe_fingerprint,
-                        provenance, validate_input, windows)
+from .run_setup import (batch_owners, check_resume, key_sizes, make_parent, parse_shard,
+                        probe_fingerprint, provenance, shard_size, validate_input, windows)
 from .run_writing import (_STOP, STREAM_MODES, BackgroundWriter, Interrupted, check_stop, drain,
                           request_stop, streams_layers)
 from .store import (FILE_README, BatchRow, RunWriter, WriteFailedError, check_dtype,
@@ -43,9 +43,10 @@ def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: st
 
     ``make_records`` is a zero-argument callable returning a fresh iterator of
     :class:`~probe.readers.Record` (the input is read twice: once to validate, once to run).
-    ``shard="K/N"`` captures only input windows w with w % N == K: N processes with
-    K = 0..N-1 cover the input with exactly the batches of an unsharded run, and
-    :func:`probe.store.combine` joins their files.
+    ``shard="K/N"`` captures only the batches of the plan that
+    :func:`~probe.run_setup.batch_owners` gives shard K: N processes with K = 0..N-1 cover
+    the input with exactly the batches of an unsharded run (balanced to within one batch),
+    and :func:`probe.store.combine` joins their files.
 
     ``stream``: ``"batch"`` captures a whole batch, then a writer thread writes it while the
     next batch runs (fast; memory holds every captured layer of up to ``queue_batches``
@@ -81,6 +82,8 @@ def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: st
                 "batch_size": batch_size, "window": window, "input_sha256": input_sha,
                 "n_examples": n_examples, "input": input_name or "<in-memory texts>",
                 "shard": f"{shard_k}/{shard_n}"}
+    if shard_n > 1:  # shards are whole batches (runs sharded by window before lack this)
+        settings["shard_unit"] = "batch"
     if getattr(probe, "heads", None):  # absent when every head is kept (as in older runs)
         settings["heads"] = heads_attr(probe.heads)
     triangles = triangle_keys(probe, stored, pack_causal)
@@ -122,28 +125,30 @@ def _capture(probe, make_records, out, exists, settings, n_examples, stored, *, 
 
     done = np.zeros(n_examples, bool)
     done[writer.done_examples()] = True
-    mine = np.zeros(n_examples, bool)
-    for w in range(shard_k, -(-n_examples // window), shard_n):
-        mine[w * window:(w + 1) * window] = True
-    if not mine.any():
+    mine = shard_size(n_examples, window, batch_size, shard_k, shard_n)
+    if not mine:
         warnings.warn(f"shard {shard_k}/{shard_n} of {out} holds no example: the input's "
-                      f"{n_examples} examples make {-(-n_examples // window)} window(s) of "
-                      f"{window}; use fewer shards or a smaller --window", ProbeWarning, stacklevel=2)
-    bar = _progress(progress, int(mine.sum()), int((done & mine).sum()))
+                      f"{n_examples} examples make {_n_batches(n_examples, window, batch_size)} "
+                      f"batch(es) of up to {batch_size}, the smallest part a shard can take; "
+                      "use fewer shards or a smaller --batch-size", ProbeWarning, stacklevel=2)
+    bar = _progress(progress, mine, writer.n_done)
+    owners = batch_owners(n_examples, window, batch_size, shard_n)
     background = BackgroundWriter(writer, queue_batches)
     background.start()
     max_len = max_length_of(probe.model, probe.tokenizer)
     failure = None
     try:
         start = 0
-        for number, chunk in enumerate(windows(make_records(), window)):
+        for chunk, owner in zip(windows(make_records(), window), owners):
             n_chunk = len(chunk)
-            if number % shard_n != shard_k or done[start:start + n_chunk].all():
+            if shard_k not in owner or done[start:start + n_chunk].all():
                 start += n_chunk
                 continue
             enc = encode(probe.tokenizer, [r.text for r in chunk], max_length=max_len,
                          truncate=truncate)
-            for rows in batches_by_length([len(x) for x in enc.ids], batch_size):
+            plan = batches_by_length([len(x) for x in enc.ids], batch_size)
+            assert len(plan) == len(owner), "batch_owners must follow batches_by_length"
+            for rows in (rows for rows, k in zip(plan, owner) if k == shard_k):
                 state = done[[start + j for j in rows]]
                 if state.all():
                     continue
@@ -185,6 +190,10 @@ def _capture(probe, make_records, out, exists, settings, n_examples, stored, *, 
         raise write_failed(failure.cause, out,
                            failure.committed if committed is None else committed) from None
     return open_run(out)
+
+
+def _n_batches(n_examples: int, window: int, batch_size: int) -> int:
+    return sum(len(owners) for owners in batch_owners(n_examples, window, batch_size, 1))
 
 
 def _committed_head(state: np.ndarray, out) -> int:

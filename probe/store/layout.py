@@ -111,7 +111,7 @@ OFFSETS = {"token_start": "token", "square_start": "square", "text_start": "exam
 IDENTITY = {"model": True, "model_fingerprint": True, "keys": True, "stored_keys": True,
             "heads": True, "triangle_keys": True, "dtype": True, "compression": True,
             "truncate": True, "batch_size": True, "window": True, "input_sha256": True,
-            "n_examples": True, "shard": False}
+            "n_examples": True, "shard": False, "shard_unit": True}
 #: what a resumed run must match
 RESUME_MUST_MATCH = tuple(IDENTITY)
 #: what every shard of one run shares

@@ -42,7 +42,7 @@ def test_shard_auto_ranks_combine_to_the_unsharded_run(tmp_path, tiny_model_dir,
     texts = tmp_path / "in.txt"
     texts.write_text("\n".join(f"Sentence number {i} is here{'.' * (i % 3 + 1)}" for i in range(7)) + "\n")
     common = ["capture", str(texts), "--model", str(tiny_model_dir), "--keys", "pattern,z",
-              "--window", "2", "--quiet"]
+              "--batch-size", "2", "--quiet"]  # one window: 4 batches (2, 2, 2, 1)
     assert main([*common, "--out", str(tmp_path / "whole.h5")]) == 0
     for rank in range(3):  # as SLURM would start them, one process each
         monkeypatch.setenv("SLURM_PROCID", str(rank))
@@ -50,6 +50,11 @@ def test_shard_auto_ranks_combine_to_the_unsharded_run(tmp_path, tiny_model_dir,
         assert main([*common, "--shard", "auto", "--out", str(tmp_path / "shards") + "/"]) == 0
     assert sorted(p.name for p in (tmp_path / "shards").iterdir()) == [
         "shard-0-of-3.h5", "shard-1-of-3.h5", "shard-2-of-3.h5"]
+    sizes = []
+    for k in range(3):
+        with open_run(tmp_path / "shards" / f"shard-{k}-of-3.h5") as shard:
+            sizes.append(len(shard))
+    assert sizes == [3, 2, 2]  # whole batches, to the shard holding the fewest so far
     assert main(["combine", str(tmp_path / "shards"), "--out", str(tmp_path / "all.h5")]) == 0
     with open_run(tmp_path / "whole.h5") as a, open_run(tmp_path / "all.h5") as b:
         assert len(a) == len(b) == 7 and b.complete
@@ -57,6 +62,24 @@ def test_shard_auto_ranks_combine_to_the_unsharded_run(tmp_path, tiny_model_dir,
             assert a[i].text == b[i].text
             for key in a.keys:
                 assert np.array_equal(a[i][key], b[i][key]), (i, key)
+
+
+@pytest.mark.slow
+def test_a_shard_without_a_batch_is_a_warning_and_an_empty_finished_file(tmp_path, tiny_model_dir,
+                                                                        capsys):
+    from probe import open_run
+    from probe.cli import main
+
+    texts = tmp_path / "in.txt"
+    texts.write_text("One sentence.\nTwo sentences.\n")  # one batch of up to 32
+    out = tmp_path / "s1.h5"
+    assert main(["capture", str(texts), "--model", str(tiny_model_dir), "--keys", "pattern",
+                 "--shard", "1/2", "--out", str(out), "--quiet"]) == 0
+    err = capsys.readouterr().err
+    assert "probe: warning: shard 1/2" in err and "holds no example" in err, err
+    assert "1 batch(es) of up to 32" in err
+    with open_run(out) as run:
+        assert len(run) == 0 and run.complete
 
 
 def _worker_pids(rank: int) -> list[int]:
