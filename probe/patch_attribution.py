@@ -38,8 +38,8 @@ def attribution(pt, setups, *, batch: int = 16) -> np.ndarray:
         pt.probe.intervention = hook
         try:
             with torch.enable_grad():
-                readout = pt._readout(pt.model(input_ids=ids, attention_mask=mask, **pt._options), ids, mask)
-                scores = torch.stack([pt.score(readout[j:j + 1], sources[j].readout, setups[i].target_token)[0]
+                readout = pt.readout.read(pt.model(input_ids=ids, attention_mask=mask, **pt.forward_options), ids, mask)
+                scores = torch.stack([pt.readout.score(readout[j:j + 1], sources[j].readout, setups[i].target_token)[0]
                                       for j, i in enumerate(chunk)])
                 layers = sorted(offsets)
                 grads = torch.autograd.grad(scores.sum(), [offsets[layer] for layer in layers])
@@ -50,9 +50,9 @@ def attribution(pt, setups, *, batch: int = 16) -> np.ndarray:
         for j, i in enumerate(chunk):
             s = setups[i]
             t_pos, s_pos = torch.as_tensor(s.query[0]), torch.as_tensor(s.query[1])
-            gap = float(pt.score(sources[j].readout[None], sources[j].readout, s.target_token)[0]
-                        - pt.score(base[j:j + 1], sources[j].readout, s.target_token)[0])
-            if abs(gap) < pt.min_gap:
+            gap = float(pt.readout.score(sources[j].readout[None], sources[j].readout, s.target_token)[0]
+                        - pt.readout.score(base[j:j + 1], sources[j].readout, s.target_token)[0])
+            if abs(gap) < pt.readout.min_gap:
                 continue
             for layer, g in zip(layers, grads):
                 delta = sources[j].z[layer][:, s_pos] - zs[layer][j][:, t_pos]   # [head, n, d_head]

@@ -15,9 +15,12 @@ values), values ``v[row, kv_head, position] = value`` (z recomputed), and block 
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from .attention import repeat_kv
+from .errors import InputError
 
 
 def block_modules(model, layers) -> list | None:
@@ -207,3 +210,43 @@ def residual_hook(index: int, ops: Ops | None, record: dict | None):
             hidden[rows, pos] = vals.to(hidden.dtype)
         return _with_hidden(args, kwargs, hidden)
     return hook
+
+
+def _recording(intervene, record: dict):
+    """``intervene`` (or nothing) that also keeps each layer's z, pattern and v in ``record``."""
+    def recorded(layer, pattern, value, z):
+        out = None if intervene is None else intervene(layer, pattern, value, z)
+        p, zz = (pattern, z) if out is None else out
+        record.setdefault("z", {})[layer], record.setdefault("pattern", {})[layer] = zz, p
+        record.setdefault("v", {})[layer] = value
+        return out
+    return recorded
+
+
+@contextlib.contextmanager
+def installed(patcher, ops: Ops | None, *, expand=None, n_rows: int = 0, record=None):
+    """Inside the block, ``patcher``'s model runs with ``ops`` in its attention backend and
+    their block hooks: residual patches, ``expand=(layer, repeat)`` (``n_rows`` rows repeated
+    from that block on, see :func:`expand_hook`) and ``record`` (a dict that receives each
+    layer's z, pattern, v and block input). Everything is removed on leaving, also on error."""
+    blocks = patcher.blocks
+    if ops is not None and ops.resid and blocks is None:
+        raise InputError(f"{type(patcher.model).__name__} shares its blocks between layers "
+                         "(or they have no index): residual-stream patches are not available")
+    intervene = None if ops is None else ops.apply
+    handles = []
+    try:
+        if expand is not None and expand[1] > 1:
+            handles += [block.register_forward_pre_hook(expand_hook(n_rows, expand[1]),
+                                                        with_kwargs=True)
+                        for block in blocks[expand[0]:]]
+        for index, block in enumerate(blocks or ()):
+            if record is not None or (ops is not None and index in ops.resid):
+                handles.append(block.register_forward_pre_hook(
+                    residual_hook(index, ops, record), with_kwargs=True))
+        patcher.probe.intervention = intervene if record is None else _recording(intervene, record)
+        yield
+    finally:
+        patcher.probe.intervention = None
+        for handle in handles:
+            handle.remove()

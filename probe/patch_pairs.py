@@ -93,7 +93,7 @@ def pair_setup(patcher, pid, target: str, source: str, *, positions="all", targe
     t_ids, s_ids = patcher.encode([target, source])
     t_tok, s_tok = tok.convert_ids_to_tokens(t_ids), tok.convert_ids_to_tokens(s_ids)
     special = set(getattr(tok, "all_special_tokens", []) or []) or None
-    target_token = patcher.target_id(target_word) if patcher.metric == "logit" else None
+    target_token = patcher.readout.target_id(target_word) if patcher.readout.metric == "logit" else None
     kt, ks = correspondence(t_tok, s_tok)
     setup = PairSetup(str(pid), kind or NO_KIND, str(cluster or pid), t_ids, s_ids, t_tok, s_tok,
                       (np.zeros(0, np.int64), np.zeros(0, np.int64)),
@@ -256,12 +256,12 @@ def sweep(patcher, setups, specs, *, batch_rows: int = 192, per_position: bool =
     for chunk in _chunks(order, 32):
         for i, src in zip(chunk, patcher.source([setups[i].source_ids for i in chunk])):
             sources[i] = src
-            s_src[i] = float(patcher.score(src.readout[None], src.readout, setups[i].target_token)[0])
+            s_src[i] = float(patcher.readout.score(src.readout[None], src.readout, setups[i].target_token)[0])
         base = patcher.forward([setups[i].target_ids for i in chunk])
         for j, i in enumerate(chunk):
-            s_base[i] = float(patcher.score(base[j:j + 1], sources[i].readout, setups[i].target_token)[0])
+            s_base[i] = float(patcher.readout.score(base[j:j + 1], sources[i].readout, setups[i].target_token)[0])
             gap[i] = s_src[i] - s_base[i]
-            small[i] = abs(gap[i]) < patcher.min_gap
+            small[i] = abs(gap[i]) < patcher.readout.min_gap
     by_layer: dict[int, list[int]] = {}
     for k, (component, layer, heads) in enumerate(specs):
         by_layer.setdefault(layer, []).append(k)
@@ -282,7 +282,7 @@ def sweep(patcher, setups, specs, *, batch_rows: int = 192, per_position: bool =
                                layer, per_pair)
             for a, i in enumerate(chunk):
                 rows = readout[a * per_pair:(a + 1) * per_pair]
-                score = patcher.score(rows, sources[i].readout, setups[i].target_token).cpu().numpy()
+                score = patcher.readout.score(rows, sources[i].readout, setups[i].target_token).cpu().numpy()
                 values = score - s_base[i]
                 if per_position:
                     m = len(setups[i].query[0])
@@ -293,7 +293,7 @@ def sweep(patcher, setups, specs, *, batch_rows: int = 192, per_position: bool =
                     raw[i, ks] = values
             if progress is not None:
                 progress(len(chunk) * per_pair)
-    return SweepResult(setups, list(specs), raw, gap, small, patcher.metric)
+    return SweepResult(setups, list(specs), raw, gap, small, patcher.readout.metric)
 
 
 def _patched(patcher, rows, ops, layer, repeat):

@@ -29,7 +29,7 @@ counterpart in the target (an inserted "not") is left out, so such rows sum to l
 from __future__ import annotations
 
 import contextlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -37,14 +37,12 @@ import torch
 from .capture import AttentionProbe
 from .errors import InputError
 from .inputs import device_of, encode, max_length_of, no_cache, pad, pad_id_of
-from .patch_ops import Ops, block_modules, expand_hook, residual_hook
+from .patch_ops import Ops, block_modules, installed
+from .patch_readout import METRICS, Readout
+from .patch_single import PatchResult, ablation_ops, pair_effect, patch_ops
 
 COMPONENTS = ("z", "pattern", "value")
-ABLATIONS = ("zero", "mean", "resample")
 DIRECTIONS = ("noising", "denoising")
-METRICS = ("embedding", "logit")
-#: default smallest |gap| that is normalised by; smaller gaps are flagged, not divided by
-MIN_GAP = {"embedding": 1e-3, "logit": 0.05}
 
 
 @dataclass
@@ -57,24 +55,6 @@ class Source:
     v: torch.Tensor          # [layer, kv_head, token, d_head]
     resid: torch.Tensor      # [layer, token, d_model]: each block's input
     readout: torch.Tensor    # [d_model] embedding, or [vocab] logits
-
-
-@dataclass
-class PatchResult:
-    """One patch of one pair: the normalised effect and everything it is computed from."""
-
-    effect: float            # (patched - base) / (source - base); NaN when small_gap
-    gap: float               # source - base (embedding: 1 - cos(base, source))
-    small_gap: bool          # |gap| < min_gap: not normalised
-    raw: float               # patched - base, unnormalised
-    metric: str              # embedding or logit
-    positions: list = field(default_factory=list)  # (target, source) positions patched
-
-    def _repr_html_(self) -> str:
-        value = "not normalised (gap too small)" if self.small_gap else f"{self.effect:.3f}"
-        return (f"<p>patch effect ({self.metric}): <b>{value}</b>, gap {self.gap:.4f}, raw "
-                f"{self.raw:.4f}, {len(self.positions)} positions patched; one pair: descriptive, "
-                "no test</p>")
 
 
 def _config_int(model, *names):
@@ -98,29 +78,19 @@ class Patcher:
 
     def __init__(self, model, tokenizer, *, metric: str | None = None, min_gap: float | None = None):
         self.model, self.tokenizer = model, tokenizer
+        #: what forwards are read and scored by (:class:`~probe.patch_readout.Readout`)
+        self.readout = Readout(model, tokenizer, metric, min_gap)
+        self.metric, self.min_gap = self.readout.metric, self.readout.min_gap
         #: probe's attention backend, attached with recording paused: interventions only
         self.probe = AttentionProbe(model, tokenizer)
         self.layers = self.probe.layers
         self.n_layers = len(self.layers)
         self.n_heads = _config_int(model, "num_attention_heads", "n_head", "n_heads")
         self.n_kv_heads = _config_int(model, "num_key_value_heads") or self.n_heads
-        has_head = model.get_output_embeddings() is not None if hasattr(model, "get_output_embeddings") else False
-        if metric is None:
-            metric = "logit" if has_head else "embedding"
-        if metric not in METRICS:
-            raise InputError(f"metric must be one of {', '.join(METRICS)}, not {metric!r}")
-        if metric == "logit" and not has_head:
-            raise InputError(f"metric 'logit' needs a language-modelling or masked-LM head; "
-                             f"{type(model).__name__} has none: use metric='embedding' or load "
-                             "the model with its head (AutoModelForCausalLM / AutoModelForMaskedLM)")
-        self.metric = metric
-        self.min_gap = MIN_GAP[metric] if min_gap is None else float(min_gap)
         self.blocks = block_modules(model, self.layers)
         self.device = device_of(model)
-        self.special = set(getattr(tokenizer, "all_special_ids", []) or [])
-        self._options = dict(no_cache(model))
-        if metric == "embedding" and has_head:
-            self._options["output_hidden_states"] = True
+        #: keywords of every forward: no key/value cache, what the readout needs
+        self.forward_options = {**no_cache(model), **self.readout.options}
         #: run the layers below a patched one once per pair (see :func:`probe.patch_ops.expand_hook`)
         self.reuse = self.blocks is not None
         self._was_training = None
@@ -153,19 +123,6 @@ class Patcher:
             what = "key/value heads" if component == "value" else "heads"
             raise InputError(f"head {head} of layer {layer} does not exist: the model has {what} 0..{n - 1}")
 
-    def target_id(self, word: str | None) -> int:
-        """The vocabulary id of a pair's target word (one token), or a clear error."""
-        if not word:
-            raise InputError("metric 'logit' needs a target token: give the pair a 'target' field")
-        tried = []
-        for text in (word, " " + word):
-            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-            tried.append(self.tokenizer.convert_ids_to_tokens(ids))
-            if len(ids) == 1 and ids[0] not in (getattr(self.tokenizer, "unk_token_id", None),):
-                return int(ids[0])
-        raise InputError(f"target {word!r} is not one token in the vocabulary (it becomes "
-                         f"{tried[0]}); give a target that the tokenizer keeps whole")
-
     # ----------------------------------------------------------------- forward passes
     def encode(self, texts) -> list[list[int]]:
         return encode(self.tokenizer, list(texts), max_length=max_length_of(self.model, self.tokenizer)).ids
@@ -178,56 +135,12 @@ class Patcher:
         ``record``: a dict that receives per-layer ``z``, ``pattern``, ``v`` and ``resid``.
         """
         ids, mask = pad(rows, pad_id_of(self.tokenizer), self.device)
-        handles = []
-        intervene = None if ops is None else ops.apply
-        if record is not None:
-            def intervene(layer, pattern, value, z, _inner=intervene):
-                out = None if _inner is None else _inner(layer, pattern, value, z)
-                p, zz = (pattern, z) if out is None else out
-                record.setdefault("z", {})[layer], record.setdefault("pattern", {})[layer] = zz, p
-                record.setdefault("v", {})[layer] = value
-                return out
-        try:
-            if ops is not None and ops.resid and self.blocks is None:
-                raise InputError(f"{type(self.model).__name__} shares its blocks between layers "
-                                 "(or they have no index): residual-stream patches are not available")
-            if expand is not None and expand[1] > 1:
-                for block in self.blocks[expand[0]:]:
-                    handles.append(block.register_forward_pre_hook(
-                        expand_hook(len(rows), expand[1]), with_kwargs=True))
-            for index, block in enumerate(self.blocks or ()):
-                if record is not None or (ops is not None and index in ops.resid):
-                    handles.append(block.register_forward_pre_hook(
-                        residual_hook(index, ops, record), with_kwargs=True))
-            self.probe.intervention = intervene
+        with installed(self, ops, expand=expand, n_rows=len(rows), record=record):
             with torch.inference_mode():
-                out = self.model(input_ids=ids, attention_mask=mask, **self._options)
-        finally:
-            self.probe.intervention = None
-            for handle in handles:
-                handle.remove()
+                out = self.model(input_ids=ids, attention_mask=mask, **self.forward_options)
         if expand is not None and expand[1] > 1:
             ids, mask = ids.repeat_interleave(expand[1], 0), mask.repeat_interleave(expand[1], 0)
-        return self._readout(out, ids, mask)
-
-    def _readout(self, out, ids, mask) -> torch.Tensor:
-        if self.metric == "logit":
-            logits = out.logits
-            mask_id = getattr(self.tokenizer, "mask_token_id", None)
-            last = mask.sum(1) - 1
-            if mask_id is not None:
-                has = (ids == mask_id) & mask.bool()
-                last = torch.where(has.any(1), has.int().argmax(1), last)
-            return logits[torch.arange(logits.shape[0]), last].double()
-        hidden = getattr(out, "last_hidden_state", None)
-        if hidden is None:
-            hidden = out.hidden_states[-1]
-        keep = mask.bool()
-        if self.special:
-            content = keep & ~torch.isin(ids, torch.tensor(sorted(self.special), device=ids.device))
-            keep = torch.where(content.any(1, keepdim=True), content, keep)
-        w = keep.to(torch.float64)[..., None]
-        return (hidden.double() * w).sum(1) / w.sum(1)
+        return self.readout.read(out, ids, mask)
 
     def source(self, rows) -> list[Source]:
         """Run each id row (batched, right-padded) and keep what a patch needs from it."""
@@ -244,99 +157,34 @@ class Patcher:
             out.append(Source(list(r), z.clone(), pat.clone(), v.clone(), resid, readouts[i]))
         return out
 
-    def score(self, readout: torch.Tensor, source: torch.Tensor, target_id: int | None) -> torch.Tensor:
-        """The metric of readouts ``[row, ...]``: cosine with the source's embedding, or the target logit."""
-        if self.metric == "logit":
-            return readout[..., target_id]
-        return torch.nn.functional.cosine_similarity(readout, source.expand_as(readout), dim=-1)
-
-    # ----------------------------------------------------------------- the one-pair API
+    # ----------------------------------------------------------------- one pair, scoped
     def effect(self, target: str, source: str, heads, *, component: str = "z", positions="all",
                target_token: str | None = None) -> PatchResult:
-        """Patch ``heads`` [(layer, head), ...] of ``target`` from ``source``; the normalised effect."""
-        from .patch_pairs import pair_setup
+        """Patch ``heads`` [(layer, head), ...] of ``target`` from ``source``; the normalised
+        effect (:func:`~probe.patch_single.pair_effect`)."""
+        return pair_effect(self, target, source, heads, component=component,
+                           positions=positions, target_token=target_token)
 
-        setup = pair_setup(self, "pair", target, source, positions=positions, target_word=target_token)
-        if setup.status:
-            raise InputError(f"cannot patch this pair: {setup.status}")
-        for layer, head in heads:
-            self.check_head(layer, head, component)
-        src = self.source([setup.source_ids])[0]
-        base = self.forward([setup.target_ids])
-        ops = Ops()
-        for layer, head in heads:
-            ops.add_patch(component, layer, head, [0], setup, src, self.n_heads // self.n_kv_heads)
-        patched = self.forward([setup.target_ids], ops.finish(self.device))
-        s_src = self.score(src.readout[None], src.readout, setup.target_token)[0]
-        s_base = self.score(base, src.readout, setup.target_token)[0]
-        s_patch = self.score(patched, src.readout, setup.target_token)[0]
-        gap, raw = float(s_src - s_base), float(s_patch - s_base)
-        small = abs(gap) < self.min_gap
-        return PatchResult(np.nan if small else raw / gap, gap, small, raw, self.metric,
-                           list(zip(setup.query[0].tolist(), setup.query[1].tolist())))
-
-    # ----------------------------------------------------------------- scoped interventions
     @contextlib.contextmanager
     def ablate(self, heads, mode: str = "zero", *, reference=None, source: str | None = None):
-        """Inside the block, every forward of the model has ``heads`` ablated at every position.
-
-        ``zero``: z = 0; ``mean``: z = its mean over the tokens of the ``reference`` texts;
-        ``resample``: z of the ``source`` text, position by position (positions past the
-        source's length keep their own z).
-        """
-        if mode not in ABLATIONS:
-            raise InputError(f"ablation mode must be one of {', '.join(ABLATIONS)}, not {mode!r}")
-        for layer, head in heads:
-            self.check_head(layer, head)
-        ops = Ops()
-        if mode == "mean":
-            if not reference:
-                raise InputError("mean ablation needs reference texts: ablate(..., reference=[...])")
-            srcs = self.source(self.encode(reference))
-            for layer, head in heads:
-                mean = torch.cat([s.z[layer, head] for s in srcs]).mean(0)
-                ops.add_broadcast(layer, head, None, mean)
-        elif mode == "resample":
-            if source is None:
-                raise InputError("resample ablation needs a source text: ablate(..., source='...')")
-            src = self.source(self.encode([source]))[0]
-            for layer, head in heads:
-                ops.add_broadcast(layer, head, torch.arange(len(src.ids)), src.z[layer, head])
-        else:
-            for layer, head in heads:
-                ops.add_broadcast(layer, head, None, None)
-        with self.intervening(ops.finish(self.device)):
+        """Inside the block, every forward of the model has ``heads`` ablated at every position
+        (``zero``, ``mean`` over ``reference`` texts, or ``resample`` from ``source``: see
+        :func:`~probe.patch_single.ablation_ops`)."""
+        with self.intervening(ablation_ops(self, heads, mode, reference=reference, source=source)):
             yield self
 
     @contextlib.contextmanager
     def patch(self, target: str, source: str, heads, *, component: str = "z", positions="all"):
         """Inside the block, forwards of ``target`` (any batch of it) run with ``heads`` patched from ``source``."""
-        from .patch_pairs import pair_setup
-
-        setup = pair_setup(self, "pair", target, source, positions=positions)
-        if setup.status:
-            raise InputError(f"cannot patch this pair: {setup.status}")
-        for layer, head in heads:
-            self.check_head(layer, head, component)
-        src = self.source([setup.source_ids])[0]
-        ops = Ops()
-        for layer, head in heads:
-            ops.add_patch(component, layer, head, None, setup, src, self.n_heads // self.n_kv_heads)
-        with self.intervening(ops.finish(self.device)):
+        with self.intervening(patch_ops(self, target, source, heads, component=component,
+                                        positions=positions)):
             yield self
 
     @contextlib.contextmanager
     def intervening(self, ops: Ops):
         """Apply ``ops`` to every forward inside the block (residual patches included)."""
-        handles = [block.register_forward_pre_hook(residual_hook(i, ops, None), with_kwargs=True)
-                   for i, block in enumerate(self.blocks) if i in ops.resid]
-        self.probe.intervention = ops.apply
-        try:
+        with installed(self, ops):
             yield ops
-        finally:
-            self.probe.intervention = None
-            for handle in handles:
-                handle.remove()
 
 
 def kv_group(n_heads: int, n_kv_heads: int, kv_head: int) -> list[int]:

@@ -377,7 +377,7 @@ def test_attribution_is_the_first_order_patch_effect(tokenizer):
         approx = attribution(pt, [setup])[0]
         src = pt.source([setup.source_ids])[0]
         tgt = pt.source([setup.target_ids])[0]
-        base = float(pt.score(pt.forward([setup.target_ids]), src.readout, None)[0])
+        base = float(pt.readout.score(pt.forward([setup.target_ids]), src.readout, None)[0])
         gap = 1.0 - base
         for layer, head in [(0, 1), (1, 3)]:
             moved = []
@@ -387,7 +387,7 @@ def test_attribution_is_the_first_order_patch_effect(tokenizer):
                 ops = Ops()
                 ops.add_patch("z", layer, head, [0], setup, step, 2)
                 out = pt.forward([setup.target_ids], ops.finish(pt.device))
-                moved.append(float(pt.score(out, src.readout, None)[0]))
+                moved.append(float(pt.readout.score(out, src.readout, None)[0]))
             slope = (moved[0] - moved[1]) / (2 * eps) / gap
             assert slope == pytest.approx(approx[layer, head], rel=1e-3, abs=1e-6)
     assert np.abs(approx).max() > 1e-3
