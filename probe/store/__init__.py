@@ -7,8 +7,9 @@ Modules, one job each (an arrow: may import)::
                 run identity                                       (imports none of these)
     errors.py   the store's exceptions; detaching a file whose writes fail (none of these)
     files.py    opening files safely, publishing, extending, the lock    -> layout, errors
-    writer.py   RunWriter and BatchRow: create, reopen, append, finish   -> layout, files, errors
+    starting.py creating a run file, reopening one to resume             -> layout, files, salvage, errors
     salvage.py  rows a kill left unreadable, given up before a resume    -> layout
+    writer.py   RunWriter: append or stream batches, commit, finish      -> starting, files, packing, errors
     reader.py   Run and open_run: lazy reads, index and damage checks    -> layout, files, errors
     shards.py   combine: shards joined by virtual datasets, or copied    -> layout, files, errors
 

@@ -165,3 +165,52 @@ def close_or_detach(f, err: BaseException) -> bool:
     elif f is not None and f.id.valid:
         f.close()
     return failure
+
+
+class RefusedWrites:
+    """A writer's guard against writes the OS refuses (a full disk, an I/O error).
+
+    Inside ``with guard:`` such a write detaches the file (:func:`detach`) and raises
+    :func:`write_failed`'s error, with ``committed()`` rows kept; after it, :meth:`check`
+    refuses every further write until the writer is closed (:meth:`close`) and the run
+    resumed. Other errors pass unchanged.
+    """
+
+    def __init__(self, f: h5py.File, path: str, committed):
+        self.f, self.path, self._committed = f, path, committed
+        self.failed: BaseException | None = None
+
+    def check(self) -> None:
+        if self.failed is not None:
+            raise ProbeError(f"{self.path}: an earlier write failed; close this writer and "
+                             "resume the run")
+
+    def __enter__(self) -> RefusedWrites:
+        return self
+
+    def __exit__(self, kind, err, tb) -> bool:
+        if isinstance(err, (OSError, RuntimeError)) and is_write_failure(err):
+            raise self._fail(err) from None
+        return False
+
+    def _fail(self, err: BaseException):
+        """Remember ``err``, detach the file and return the error to raise. The row count on
+        disk is read back after close (a failed commit flush may or may not have landed)."""
+        self.failed = err
+        detach(self.f)
+        return write_failed(err, self.path, self._committed())
+
+    def close(self, committed_on_disk) -> None:
+        """Close the file; after a refused write (or one refused by the closing flush) it is
+        detached first, and the latter raises with ``committed_on_disk(path)`` rows kept."""
+        if self.failed is not None:
+            close_after_failure(self.f)
+        elif self.f.id.valid:
+            try:
+                self.f.close()
+            except (OSError, RuntimeError) as err:  # the closing flush hit a full disk
+                if not is_write_failure(err):
+                    raise
+                self._fail(err)
+                close_after_failure(self.f)
+                raise write_failed(err, self.path, committed_on_disk(self.path)) from None
