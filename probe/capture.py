@@ -272,16 +272,11 @@ class AttentionProbe(ProbeLifecycle):
         ``heads`` narrows the head selection for this run (part of its identity: a resume must
         match)."""
         self._require_attached("run_to_file()")
-        if self.tokenizer is None:
-            raise InputError("run_to_file() needs a tokenizer: AttentionProbe(model, tokenizer)")
-        from .readers import records_from_texts
-        from .runner import capture_to_file
+        from .runner import texts_to_file
 
-        texts = [texts] if isinstance(texts, str) else texts
-        records = list(records_from_texts(texts, meta, ids))
         with self.selecting_heads(heads):
-            return capture_to_file(self, lambda: iter(records), out, batch_size=batch_size,
-                                   truncate=truncate, **store_options)
+            return texts_to_file(self, texts, out, batch_size=batch_size, truncate=truncate,
+                                 meta=meta, ids=ids, **store_options)
 
 
 def _padded(rows, probe: AttentionProbe, what: str) -> dict:

@@ -31,7 +31,19 @@ from .store import (FILE_README, BatchRow, RunWriter, WriteFailedError, check_dt
 from .store.layout import head_map_attr, heads_attr
 from .triangles import triangle_keys
 
-__all__ = ["capture_to_file", "Interrupted", "parse_shard", "request_stop"]
+__all__ = ["capture_to_file", "texts_to_file", "Interrupted", "parse_shard", "request_stop"]
+
+
+def texts_to_file(probe, texts, out, *, meta=None, ids=None, **options):
+    """:func:`capture_to_file` of in-memory ``texts`` (one string or a list), with optional
+    ``meta`` (one dict per text) and ``ids``: what ``AttentionProbe.run_to_file`` does."""
+    if probe.tokenizer is None:
+        raise InputError("run_to_file() needs a tokenizer: AttentionProbe(model, tokenizer)")
+    from .readers import records_from_texts
+
+    texts = [texts] if isinstance(texts, str) else texts
+    records = list(records_from_texts(texts, meta, ids))
+    return capture_to_file(probe, lambda: iter(records), out, **options)
 
 
 def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: str = "float32",
