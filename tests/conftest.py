@@ -202,13 +202,17 @@ def capture_command(src, out, model_dir, *extra):
             str(model_dir), "--batch-size", "8", "--window", "64", "--quiet", *extra]
 
 
-def flip_byte_in_chunk(path, name, chunk=0):
+def flip_byte_in_chunk(path, name, chunk=0, *, holding=None):
     """Damage the run file ``path`` on disk: flip one byte in the middle of stored chunk
-    ``chunk`` of dataset ``name`` (what the checksum tests must catch)."""
+    ``chunk`` of dataset ``name``, or of the chunk holding element ``holding`` (what the
+    checksum tests must catch). Opens the file as an SWMR reader, so a killed writer's file
+    can be damaged too."""
     import h5py
 
-    with h5py.File(path, "r") as f:
-        info = f[name].id.get_chunk_info(chunk)
+    with h5py.File(path, "r", libver="latest", swmr=True) as f:
+        ds = f[name]
+        info = (ds.id.get_chunk_info(chunk) if holding is None else
+                ds.id.get_chunk_info_by_coord((holding - holding % ds.chunks[0],)))
         offset = info.byte_offset + info.size // 2
     with open(path, "r+b") as fh:
         fh.seek(offset)

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import capture_command, random_sentences
+from conftest import capture_command, flip_byte_in_chunk, random_sentences
 
 # the capture CLI, killed (SIGKILL, by itself) when it is about to commit batch KILL_AT
 _KILL_AT_COMMIT = """
@@ -76,21 +76,6 @@ def test_resume_after_a_kill_at_commit_equals_an_uninterrupted_run(tmp_path, tin
         np.testing.assert_array_equal(got[name], data, err_msg=name)
 
 
-def _flip_byte_at(path, name, value):
-    """Flip one byte of the stored chunk that holds element ``value`` of dataset ``name``
-    (a torn write: the chunk's bytes no longer match its checksum)."""
-    with h5py.File(path, "r", libver="latest", swmr=True) as f:
-        ds = f[name]
-        start = value - value % ds.chunks[0]
-        info = ds.id.get_chunk_info_by_coord((start,))
-        offset = info.byte_offset + info.size // 3
-    with open(path, "r+b") as fh:
-        fh.seek(offset)
-        byte = fh.read(1)
-        fh.seek(offset)
-        fh.write(bytes([byte[0] ^ 0x5A]))
-
-
 def _committed_end(path, name) -> tuple[int, int]:
     """``(values the committed rows take in dataset name, its chunk size)``."""
     from probe.store.layout import committed_extent
@@ -134,7 +119,7 @@ def test_resume_gives_up_rows_in_a_chunk_torn_by_the_kill(tmp_path, tiny_model_d
     assert killed.returncode == -9, killed.stderr[-1000:]
     end, chunk = _committed_end(out, name)
     assert end % chunk, f"{name}: the commit must end inside a chunk for this test"
-    _flip_byte_at(out, name, end - 1)
+    flip_byte_in_chunk(out, name, holding=end - 1)
     with h5py.File(out, "r", libver="latest", swmr=True) as f, pytest.raises(OSError):
         f[name][end - end % chunk:end]  # the committed rows in that chunk no longer read
 
