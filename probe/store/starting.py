@@ -29,20 +29,10 @@ from .salvage import intact_rows
 from .tensors import CHUNK_CACHE, tensor_attrs, unit_of
 
 
-def started(f: h5py.File, lock: WriterLock, path: str, make):
-    """``make()`` (the writer over ``f``, the run at ``path``); on failure ``f`` is closed and
-    ``lock`` released."""
-    try:
-        return make()
-    except BaseException as err:
-        if _abandon(f, lock, err):
-            raise write_failed(err, path, committed_on_disk(path)) from None
-        raise
-
-
-def reopen_file(path) -> tuple[h5py.File, WriterLock]:
-    """``(file, lock)`` of an unfinished run ready for appending, in SWMR mode: rows past the
-    last commit dropped, and committed rows in a chunk a kill tore given up first."""
+def reopen_file(path, make):
+    """``make(file, lock)`` (the writer) over an unfinished run ready for appending, in SWMR
+    mode: rows past the last commit dropped, and committed rows in a chunk a kill tore given
+    up first. On failure the file is closed and the lock released."""
     lock = acquire_lock(path, committed=None)  # before anything touches the file
     f = None
     try:
@@ -56,30 +46,32 @@ def reopen_file(path) -> tuple[h5py.File, WriterLock]:
         f.flush()
         if not f.swmr_mode:
             f.swmr_mode = True
+        return make(f, lock)
     except BaseException as err:
         if _abandon(f, lock, err):
             raise write_failed(err, path, committed_on_disk(path)) from None
         raise
-    return f, lock
 
 
-def create_file(final: str, attrs: dict, key_specs: dict, **options):
-    """``(file, lock)`` of a new run at ``final``: built at a temporary name, put in SWMR mode,
-    then linked into place; on failure nothing is left and the lock is released."""
+def create_file(final: str, attrs: dict, key_specs: dict, make, **options):
+    """``make(file, lock)`` (the writer) over a new run at ``final``: built at a temporary
+    name, put in SWMR mode, then linked into place; on failure nothing is left (the file
+    published is removed again) and the lock is released."""
     tmp = f"{final}.creating-{os.getpid()}"
     lock = acquire_lock(final, committed=0)
-    f = None
+    f, made = None, tmp
     try:
         f = h5py.File(tmp, "w-", libver="latest", **CHUNK_CACHE)
         _fill_new(f, attrs, key_specs, **options)
         f.flush()
         f.swmr_mode = True
         publish(tmp, final)
+        made = final  # ours: nothing was there (publish never overwrites), and we hold the lock
+        return make(f, lock)
     except BaseException as err:
-        if _abandon(f, lock, err, tmp):
+        if _abandon(f, lock, err, made):
             raise write_failed(err, final, 0) from None
         raise
-    return f, lock
 
 
 def _give_up_torn_rows(f: h5py.File, path, tensors) -> None:
@@ -137,8 +129,9 @@ def _fill_new(f: h5py.File, attrs: dict, key_specs: dict, *, dtype: str,
 
 def _abandon(f, lock: WriterLock, err: BaseException, tmp: str | None = None) -> bool:
     """Undo a create or reopen that ``err`` stopped: close the file (detached after a refused
-    write), remove the temporary file, release the lock. Returns whether ``err`` was a
-    refused write (the caller raises :func:`~probe.store.errors.write_failed`)."""
+    write), remove ``tmp`` (the file this call made, if any), release the lock. Returns
+    whether ``err`` was a refused write (the caller raises
+    :func:`~probe.store.errors.write_failed`)."""
     failure = close_or_detach(f, err)
     if tmp is not None and os.path.exists(tmp):
         os.unlink(tmp)

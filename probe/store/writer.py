@@ -23,7 +23,7 @@ from .files import committed_on_disk, extend
 from .layout import BYTE_STREAMS, STREAMS, committed_extent, dataset_path, stored_keys
 from .tensors import DTYPES, UNITS, above_diagonal, check_dtype, tensor_attrs
 from .packing import BatchRow, Packer, encode_rows
-from .starting import create_file, reopen_file, started
+from .starting import create_file, reopen_file
 from .triangles import units_of_rows
 
 class RunWriter:
@@ -63,17 +63,17 @@ class RunWriter:
         check_dtype(dtype)
         path = os.fspath(path)
         with quiet_failed_closes():
-            f, lock = create_file(path, attrs, key_specs, dtype=dtype, compression=compression,
-                                  n_examples=n_examples, typical=typical, triangles=triangles)
-            return started(f, lock, path, lambda: cls(f, dtype, lock, path=path))
+            return create_file(path, attrs, key_specs,
+                               lambda f, lock: cls(f, dtype, lock, path=path), dtype=dtype,
+                               compression=compression, n_examples=n_examples, typical=typical,
+                               triangles=triangles)
 
     @classmethod
     def reopen(cls, path, *, dtype: str):
         """Reopen an unfinished run for appending (:func:`~probe.store.starting.reopen_file`:
         rows past the last commit are dropped, committed rows a kill tore given up)."""
         path = os.fspath(path)
-        f, lock = reopen_file(path)
-        return started(f, lock, path, lambda: cls(f, dtype, lock, path=path))
+        return reopen_file(path, lambda f, lock: cls(f, dtype, lock, path=path))
 
     def values_per_batch(self, n_rows: int, width: int) -> int:
         """Values of every stored key for ``n_rows`` rows padded to ``width`` tokens (what a
