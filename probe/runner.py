@@ -21,6 +21,7 @@ import numpy as np
 from . import names
 from .errors import InputError, ProbeError, ProbeWarning
 from .inputs import batches_by_length, encode, max_length_of
+from .malloc_tuning import return_large_blocks
 from .run_setup import (batch_owners, check_resume, key_sizes, make_parent, parse_shard,
                         probe_fingerprint, provenance, shard_size, validate_input, windows)
 from .run_writing import (_STOP, STREAM_MODES, BackgroundWriter, Interrupted, check_stop, drain,
@@ -168,6 +169,7 @@ def _capture(probe, make_records, out, exists, settings, n_examples, stored, *, 
                 check_stop(out, writer)
                 ids = [enc.ids[j] for j in rows]  # the whole batch: same padding, same numbers
                 if streams_layers(stream, writer, len(ids), max(len(x) for x in ids)):
+                    return_large_blocks()  # flat peak over layers (see probe.malloc_tuning)
                     background.wait()  # earlier batches first: rows stay in batch order
                     probe.stream_ids(ids, lambda layer, got, spans: [
                         writer.write_key(names.key(layer, c), t[k:], spans[k:])
