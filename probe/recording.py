@@ -100,6 +100,47 @@ class ValueNormFactors:
             return cast[v.device, compute]
 
 
+class ForwardCall:
+    """What one forward call of the model knows while its layers are recorded: its input ids
+    and 2D attention mask (from the model's pre-hook), how often each shared attention
+    module has run, the rows' real-token spans and the masked positions of each mask (both
+    made once per call: layers share them)."""
+
+    def __init__(self, input_ids=None, attention_mask=None):
+        self.input_ids = input_ids if torch.is_tensor(input_ids) else None
+        self.attention_mask = attention_mask
+        self._uses: dict[int, int] = {}
+        self._spans = None
+        self._masked: list = []
+
+    def layer_of(self, layer, layers):
+        """The layer this call of ``layer.module`` computes: the k-th call of a module shared by
+        several ``layers`` (ALBERT) in one forward is its k-th layer; otherwise ``layer``."""
+        uses = [u for u in layers if u.module is layer.module]
+        if len(uses) == 1:
+            return layer
+        k = self._uses.get(id(layer.module), 0)
+        self._uses[id(layer.module)] = k + 1
+        return uses[k % len(uses)]
+
+    def spans(self, batch: int, width: int) -> list[tuple[int, int]]:
+        """The rows' real-token spans (:func:`spans_of` of the call's mask), made once."""
+        if self._spans is None:
+            self._spans = spans_of(self.attention_mask, batch, width)
+        return self._spans
+
+    def masked(self, mask: torch.Tensor) -> torch.Tensor:
+        """:func:`~probe.attention.masked_positions` of ``mask``, made once per mask."""
+        for held, positions in self._masked:  # `held` keeps the mask alive: its address is unique
+            if (held.data_ptr() == mask.data_ptr() and held.shape == mask.shape
+                    and held.stride() == mask.stride() and held.dtype == mask.dtype):
+                return positions
+        positions = masked_positions(mask)
+        self._masked.append((mask, positions))
+        del self._masked[:-4]  # bounded, even for calls that bypass the model's forward hooks
+        return positions
+
+
 class Recorder:
     """Collects the chosen layers' tensors of each forward call; one Capture per call.
 
@@ -117,7 +158,7 @@ class Recorder:
         self.captures: list[Capture] = []
         self.layer_facts: dict[int, dict] = {}
         self._pending: dict[int, dict[str, torch.Tensor]] = {}
-        self._call: dict = {}
+        self._call = ForwardCall()
         self._factors = ValueNormFactors()
         #: None, or ``f(layer, {component: tensor [batch, ...]}, spans)``: each layer's
         #: tensors go there as soon as they are computed and are not kept (layer streaming);
@@ -130,24 +171,16 @@ class Recorder:
 
     def reset(self) -> None:
         """Forget a forward call in progress (on detach)."""
-        self._pending, self._call = {}, {}
+        self._pending, self._call = {}, ForwardCall()
 
     def before_forward(self, module, args, kwargs):
         self._pending = {}
-        ids = kwargs.get("input_ids", args[0] if args else None)
-        self._call = {"input_ids": ids if torch.is_tensor(ids) else None,
-                      "attention_mask": kwargs.get("attention_mask")}
+        self._call = ForwardCall(kwargs.get("input_ids", args[0] if args else None),
+                                 kwargs.get("attention_mask"))
 
     def layer_of_call(self, layer):
-        """The layer this call of ``layer.module`` computes: the k-th call of a module shared by
-        several layers (ALBERT) in one forward is its k-th layer; otherwise ``layer`` itself."""
-        uses = [u for u in self.layers if u.module is layer.module]
-        if len(uses) == 1:
-            return layer
-        counts = self._call.setdefault("calls", {})
-        k = counts.get(id(layer.module), 0)
-        counts[id(layer.module)] = k + 1
-        return uses[k % len(uses)]
+        """The layer this call of ``layer.module`` computes (:meth:`ForwardCall.layer_of`)."""
+        return self._call.layer_of(layer, self.layers)
 
     def record(self, layer, query, key, value, scores, pattern, z, mask, sink=None, facts=None,
                heads_cut=False):
@@ -176,7 +209,7 @@ class Recorder:
             ("scores", scores, pick_cut), ("pattern", pattern, pick_cut), ("z", z, pick))
             if name in wanted}
         if "scores" in got and mask is not None:
-            got["scores"] = self._fill_masked(got["scores"], mask)
+            got["scores"] = _fill_masked(got["scores"], self._call.masked(mask))
         if "value_norm" in wanted:
             factor = self._factors.get(layer, n_heads, value.shape[-1], value)
             got["value_norm"] = pick(value_norms_with(value.detach(), factor))
@@ -186,15 +219,9 @@ class Recorder:
         got = {c: got[c].detach() for c in names.COMPONENTS if c in got}
         if self.stream is not None:
             self._pending[layer.index] = {}  # seen: checked in after_forward
-            self.stream(layer.index, got, self._spans(query.shape[0], query.shape[-2]))
+            self.stream(layer.index, got, self._call.spans(query.shape[0], query.shape[-2]))
             return
         self._pending[layer.index] = got
-
-    def _spans(self, batch: int, width: int) -> list[tuple[int, int]]:
-        """The rows' real-token spans of the current call (from its 2D mask), made once."""
-        if "spans" not in self._call:
-            self._call["spans"] = spans_of(self._call.get("attention_mask"), batch, width)
-        return self._call["spans"]
 
     def head_axes(self, index: int, n_heads: int, n_kv: int):
         """``(query heads, kv heads)`` layer ``index`` keeps, checked against the call's sizes."""
@@ -208,26 +235,9 @@ class Recorder:
         self.head_map[index] = (tuple(heads), kv_heads)
         return heads, kv_heads
 
-    def _fill_masked(self, scores, mask):
-        """Scores with masked entries set to -inf, in place: after the softmax the backend's
-        scores tensor serves only this capture (the softmax saved its output, not its input).
-        The boolean positions are made once per mask per forward call (layers share masks)."""
-        cache = self._call.setdefault("masked", [])
-        for held, positions in cache:  # `held` keeps the mask alive, so its address is unique
-            if (held.data_ptr() == mask.data_ptr() and held.shape == mask.shape
-                    and held.stride() == mask.stride() and held.dtype == mask.dtype):
-                break
-        else:
-            positions = masked_positions(mask)
-            cache.append((mask, positions))
-            del cache[:-4]  # bounded, even for calls that bypass the model's forward hooks
-        if scores.requires_grad:
-            return scores.masked_fill(positions, float("-inf"))
-        return scores.masked_fill_(positions, float("-inf"))
-
     def after_forward(self, module, args, kwargs, output):
         pending, call = self._pending, self._call
-        self._pending, self._call = {}, {}
+        self._pending, self._call = {}, ForwardCall()
         if not pending:
             return None
         missing = sorted(set(self.plan) - set(pending))
@@ -237,22 +247,33 @@ class Recorder:
                 "forward call; this model routes some attention around transformers' "
                 "AttentionInterface, so probe cannot capture it"
             )
-        if self.stream is not None:
-            return None
-        arrays = {names.key(layer, component): to_numpy(tensor)
-                  for layer, tensors in pending.items() for component, tensor in tensors.items()}
-        first = next(iter(arrays.values()))
-        batch, width = first.shape[0], first.shape[2]
-        spans = spans_of(call.get("attention_mask"), batch, width)
-        ids = call.get("input_ids")
-        ids = None if ids is None else ids.detach().cpu().numpy()
-        tokens = None
-        if ids is not None and self.tokenizer is not None:
-            tokens = [self.tokenizer.convert_ids_to_tokens(ids[row, a:b].tolist())
-                      for row, (a, b) in enumerate(spans)]
-        head_map = {layer: self.head_map[layer] for layer in sorted(pending)}
-        batch_capture = CapturedBatch(arrays, spans, tokens, keys=self.keys, input_ids=ids,
-                                      head_map=head_map)
-        self.captures.append(Capture([batch_capture.example(i) for i in range(batch)],
-                                     self.keys, batch=batch_capture))
+        if self.stream is None:
+            head_map = {layer: self.head_map[layer] for layer in sorted(pending)}
+            self.captures.append(_capture_of(pending, call, self.keys, self.tokenizer, head_map))
         return None
+
+
+def _fill_masked(scores: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """Scores with masked ``positions`` set to -inf, in place: after the softmax the backend's
+    scores tensor serves only the capture (the softmax saved its output, not its input)."""
+    if scores.requires_grad:
+        return scores.masked_fill(positions, float("-inf"))
+    return scores.masked_fill_(positions, float("-inf"))
+
+
+def _capture_of(pending: dict, call: ForwardCall, keys, tokenizer, head_map) -> Capture:
+    """One forward call's Capture: the layers' tensors ``pending`` as numpy arrays, one
+    Example per row with its padding removed and its tokens named."""
+    arrays = {names.key(layer, component): to_numpy(tensor)
+              for layer, tensors in pending.items() for component, tensor in tensors.items()}
+    first = next(iter(arrays.values()))
+    batch, width = first.shape[0], first.shape[2]
+    spans = call.spans(batch, width)
+    ids = None if call.input_ids is None else call.input_ids.detach().cpu().numpy()
+    tokens = None
+    if ids is not None and tokenizer is not None:
+        tokens = [tokenizer.convert_ids_to_tokens(ids[row, a:b].tolist())
+                  for row, (a, b) in enumerate(spans)]
+    batch_capture = CapturedBatch(arrays, spans, tokens, keys=keys, input_ids=ids,
+                                  head_map=head_map)
+    return Capture([batch_capture.example(i) for i in range(batch)], keys, batch=batch_capture)
