@@ -161,7 +161,7 @@ def _capture(probe, make_records, out, exists, settings, n_examples, stored, *, 
                          truncate=truncate)
             plan = batches_by_length([len(x) for x in enc.ids], batch_size)
             assert len(plan) == len(owner), "batch_owners must follow batches_by_length"
-            for rows in (rows for rows, k in zip(plan, owner) if k == shard_k):
+            for rows in (rows for rows, who in zip(plan, owner) if who == shard_k):
                 state = done[[start + j for j in rows]]
                 if state.all():
                     continue
