@@ -13,8 +13,9 @@ writes DIR/shard-K-of-N.h5 with ``resume=True``. The tasks share nothing but the
 cluster: a shared file system), so a task that Ray retries (``--retries``), or a second run of
 this script, continues its shard where it stopped. The driver then joins the shards with
 ``probe.store.combine`` into DIR/run.h5: a view over the shards, or with `--copy` one
-self-contained file. The batches of the plan are dealt out to the tasks whole, balanced to
-within one batch: with fewer batches than tasks, some shard stays empty (a warning).
+self-contained file. The examples are dealt out to the tasks in equal parts of the plan's
+order (a batch two tasks share is computed by both); with fewer examples than tasks, some
+shard stays empty (a warning).
 """
 
 from __future__ import annotations

@@ -133,13 +133,13 @@ class CapturedBatch:
         _, component = names.parse_key(key)
         return pack_rows(torch.from_numpy(self.arrays[key]), component, self.spans, dtype, out)
 
-    def tail(self, first: int) -> CapturedBatch:
-        """The batch without its first ``first`` rows (views of the same arrays)."""
+    def rows(self, start: int, stop: int) -> CapturedBatch:
+        """The batch's rows ``start:stop`` (views of the same arrays)."""
         def cut(x):
-            return None if x is None else x[first:]
+            return None if x is None else x[start:stop]
 
-        return CapturedBatch({key: a[first:] for key, a in self.arrays.items()},
-                             self.spans[first:], cut(self.tokens), keys=self.keys,
+        return CapturedBatch({key: a[start:stop] for key, a in self.arrays.items()},
+                             self.spans[start:stop], cut(self.tokens), keys=self.keys,
                              input_ids=cut(self.input_ids), meta=cut(self.meta),
                              head_map=self.head_map)
 

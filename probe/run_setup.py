@@ -8,7 +8,6 @@ Imports :mod:`probe.inputs`, :mod:`probe.store` and :mod:`probe.names`; never th
 from __future__ import annotations
 
 import hashlib
-import heapq
 import json
 import os
 from itertools import islice
@@ -109,44 +108,44 @@ def _short(value) -> str:
     return text if len(text) < 80 else text[:60] + "...]"
 
 
-def batch_owners(n_examples: int, window: int, batch_size: int, n_shards: int):
-    """The shard of every batch of the plan, window by window: for each input window, a list
-    with the shard of each of its batches, in the order :func:`~probe.inputs.batches_by_length`
-    gives them.
+def shard_parts(n_examples: int, window: int, batch_size: int, shard_k: int, n_shards: int):
+    """The rows of every batch of the plan that shard ``shard_k`` of ``n_shards`` writes,
+    window by window: for each input window, one entry per batch in the order
+    :func:`~probe.inputs.batches_by_length` gives them: ``(a, b)``, the shard writes the
+    batch's rows ``a:b`` (in batch order), or None.
 
-    A batch is the smallest part a shard can take: splitting one changes its padding and the
-    numbers with it (in the last bits), and a combined run must equal an unsharded one. Each
-    batch goes to the shard that holds the fewest examples so far (ties: the lowest K), so
-    shards differ by at most one batch; a window of n records makes n // batch_size full
-    batches and one of n % batch_size, whatever the lengths, so the plan needs no tokenizing.
+    Shard K takes the examples at positions ``[n_examples * K // N, n_examples * (K + 1) // N)``
+    of the plan's order (windows in turn, batches in turn), so shards differ by at most one
+    example. A batch that straddles two shards is computed whole by both, each writing its
+    own rows: splitting a batch would change its padding and the numbers with it (in the last
+    bits), and a combined run must equal an unsharded one; at most N - 1 batches are computed
+    twice. A window of n records makes n // batch_size full batches and one of n % batch_size
+    whatever the lengths, so the parts need no tokenizing.
 
-    >>> list(batch_owners(10, window=8, batch_size=3, n_shards=2))
-    [[0, 1, 0], [1]]
+    >>> list(shard_parts(10, window=8, batch_size=3, shard_k=0, n_shards=2))
+    [[(0, 3), (0, 2), None], [None]]
+    >>> list(shard_parts(10, window=8, batch_size=3, shard_k=1, n_shards=2))
+    [[None, (2, 3), (0, 2)], [(0, 2)]]
     """
-    held = [(0, k) for k in range(n_shards)]  # a heap of (examples so far, shard)
+    lo, hi = n_examples * shard_k // n_shards, n_examples * (shard_k + 1) // n_shards
+    position = 0  # of the batch's first row in the plan's order
     for start in range(0, n_examples, window):
         n = min(window, n_examples - start)
-        owners = []
+        parts = []
         for size in [batch_size] * (n // batch_size) + [n % batch_size] * bool(n % batch_size):
-            count, k = heapq.heappop(held)
-            heapq.heappush(held, (count + size, k))
-            owners.append(k)
-        yield owners
+            a, b = max(lo - position, 0), min(hi - position, size)
+            parts.append((a, b) if a < b else None)
+            position += size
+        yield parts
 
 
-def shard_size(n_examples: int, window: int, batch_size: int, shard_k: int, n_shards: int) -> int:
-    """How many examples shard ``shard_k`` of ``n_shards`` captures (see :func:`batch_owners`).
+def shard_size(n_examples: int, shard_k: int, n_shards: int) -> int:
+    """How many examples shard ``shard_k`` of ``n_shards`` writes (see :func:`shard_parts`).
 
-    >>> [shard_size(10, 8, 3, k, 2) for k in (0, 1)]
-    [5, 5]
+    >>> [shard_size(7, k, 3) for k in range(3)]
+    [2, 2, 3]
     """
-    total = 0
-    for start, owners in zip(range(0, n_examples, window),
-                             batch_owners(n_examples, window, batch_size, n_shards)):
-        n = min(window, n_examples - start)
-        total += sum(min(batch_size, n - i * batch_size)
-                     for i, k in enumerate(owners) if k == shard_k)
-    return total
+    return n_examples * (shard_k + 1) // n_shards - n_examples * shard_k // n_shards
 
 
 def parse_shard(shard) -> tuple[int, int]:

@@ -22,8 +22,8 @@ from . import names
 from .errors import InputError, ProbeError, ProbeWarning
 from .inputs import batches_by_length, encode, max_length_of
 from .malloc_tuning import return_large_blocks
-from .run_setup import (batch_owners, check_resume, key_sizes, make_parent, parse_shard,
-                        probe_fingerprint, provenance, shard_size, validate_input, windows)
+from .run_setup import (check_resume, key_sizes, make_parent, parse_shard, probe_fingerprint,
+                        provenance, shard_parts, shard_size, validate_input, windows)
 from .run_writing import (_STOP, STREAM_MODES, BackgroundWriter, Interrupted, check_stop, drain,
                           request_stop, streams_layers)
 from .store import (FILE_README, BatchRow, RunWriter, WriteFailedError, check_dtype,
@@ -56,10 +56,11 @@ def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: st
 
     ``make_records`` is a zero-argument callable returning a fresh iterator of
     :class:`~probe.readers.Record` (the input is read twice: once to validate, once to run).
-    ``shard="K/N"`` captures only the batches of the plan that
-    :func:`~probe.run_setup.batch_owners` gives shard K: N processes with K = 0..N-1 cover
-    the input with exactly the batches of an unsharded run (balanced to within one batch),
-    and :func:`probe.store.combine` joins their files.
+    ``shard="K/N"`` writes only shard K's part of the plan (:func:`~probe.run_setup.shard_parts`:
+    the K-th N-th of the examples in plan order, balanced to one example; a batch two shards
+    share is computed whole by both): N processes with K = 0..N-1 cover the input with
+    exactly the numbers of an unsharded run, and :func:`probe.store.combine` joins their
+    files.
 
     ``stream``: ``"batch"`` captures a whole batch, then a writer thread writes it while the
     next batch runs (fast; memory holds every captured layer of up to ``queue_batches``
@@ -95,8 +96,8 @@ def capture_to_file(probe, make_records, out, *, batch_size: int = 32, dtype: st
                 "batch_size": batch_size, "window": window, "input_sha256": input_sha,
                 "n_examples": n_examples, "input": input_name or "<in-memory texts>",
                 "shard": f"{shard_k}/{shard_n}"}
-    if shard_n > 1:  # shards are whole batches (runs sharded by window before lack this)
-        settings["shard_unit"] = "batch"
+    if shard_n > 1:  # shards split by example (runs sharded otherwise before lack this)
+        settings["shard_unit"] = "example"
     if getattr(probe, "heads", None):  # absent when every head is kept (as in older runs)
         settings["heads"] = heads_attr(probe.heads)
     triangles = triangle_keys(probe, stored, pack_causal)
@@ -138,52 +139,52 @@ def _capture(probe, make_records, out, exists, settings, n_examples, stored, *, 
 
     done = np.zeros(n_examples, bool)
     done[writer.done_examples()] = True
-    mine = shard_size(n_examples, window, batch_size, shard_k, shard_n)
+    mine = shard_size(n_examples, shard_k, shard_n)
     if not mine:
-        warnings.warn(f"shard {shard_k}/{shard_n} of {out} holds no example: the input's "
-                      f"{n_examples} examples make {_n_batches(n_examples, window, batch_size)} "
-                      f"batch(es) of up to {batch_size}, the smallest part a shard can take; "
-                      "use fewer shards or a smaller --batch-size", ProbeWarning, stacklevel=2)
+        warnings.warn(f"shard {shard_k}/{shard_n} of {out} holds no example: the input has "
+                      f"{n_examples} example(s) for {shard_n} shards; use fewer shards",
+                      ProbeWarning, stacklevel=2)
     bar = _progress(progress, mine, writer.n_done)
-    owners = batch_owners(n_examples, window, batch_size, shard_n)
+    parts = shard_parts(n_examples, window, batch_size, shard_k, shard_n)
     background = BackgroundWriter(writer, queue_batches)
     background.start()
     max_len = max_length_of(probe.model, probe.tokenizer)
     failure = None
     try:
         start = 0
-        for chunk, owner in zip(windows(make_records(), window), owners):
+        for chunk, part in zip(windows(make_records(), window), parts):
             n_chunk = len(chunk)
-            if shard_k not in owner or done[start:start + n_chunk].all():
+            if not any(part) or done[start:start + n_chunk].all():
                 start += n_chunk
                 continue
             enc = encode(probe.tokenizer, [r.text for r in chunk], max_length=max_len,
                          truncate=truncate)
             plan = batches_by_length([len(x) for x in enc.ids], batch_size)
-            assert len(plan) == len(owner), "batch_owners must follow batches_by_length"
-            for rows in (rows for rows, who in zip(plan, owner) if who == shard_k):
-                state = done[[start + j for j in rows]]
+            assert len(plan) == len(part), "shard_parts must follow batches_by_length"
+            for rows, (a, b) in ((rows, ab) for rows, ab in zip(plan, part) if ab):
+                state = done[[start + j for j in rows[a:b]]]
                 if state.all():
                     continue
-                k = _committed_head(state, out)  # rows a salvaged resume kept (usually 0)
+                # rows a:b are this shard's, of which a salvaged resume may hold the first
+                k = a + _committed_head(state, out)
                 check_stop(out, writer)
                 ids = [enc.ids[j] for j in rows]  # the whole batch: same padding, same numbers
                 if streams_layers(stream, writer, len(ids), max(len(x) for x in ids)):
                     return_large_blocks()  # flat peak over layers (see probe.malloc_tuning)
                     background.wait()  # earlier batches first: rows stay in batch order
                     probe.stream_ids(ids, lambda layer, got, spans: [
-                        writer.write_key(names.key(layer, c), t[k:], spans[k:])
+                        writer.write_key(names.key(layer, c), t[k:b], spans[k:b])
                         for c, t in got.items()])
-                    writer.commit(_batch_rows(chunk, rows[k:], start, enc, [
-                        (probe.tokenizer.convert_ids_to_tokens(x), x) for x in ids[k:]]))
+                    writer.commit(_batch_rows(chunk, rows[k:b], start, enc, [
+                        (probe.tokenizer.convert_ids_to_tokens(x), x) for x in ids[k:b]]))
                 else:
                     background.reserve()
                     capture = probe.capture_ids(ids)
-                    background.put((_batch_rows(chunk, rows[k:], start, enc, [
-                        (ex.tokens, ex.input_ids) for ex in capture][k:]),
-                        capture.batch.tail(k) if k else capture.batch))
+                    background.put((_batch_rows(chunk, rows[k:b], start, enc, [
+                        (ex.tokens, ex.input_ids) for ex in capture][k:b]),
+                        capture.batch if (k, b) == (0, len(rows)) else capture.batch.rows(k, b)))
                     capture = None  # the writer holds the only reference now: see BackgroundWriter
-                bar.update(len(rows) - k)
+                bar.update(b - k)
             start += n_chunk
         background.stop()
         writer.finish()
@@ -206,14 +207,11 @@ def _capture(probe, make_records, out, exists, settings, n_examples, stored, *, 
     return open_run(out)
 
 
-def _n_batches(n_examples: int, window: int, batch_size: int) -> int:
-    return sum(len(owners) for owners in batch_owners(n_examples, window, batch_size, 1))
-
-
 def _committed_head(state: np.ndarray, out) -> int:
-    """How many of a batch's rows (in batch order) the file holds already: 0, or the first
-    rows of the last committed batch when a resume gave up rows after them (a chunk torn by a
-    kill; see :mod:`probe.store.salvage`). Any other mix means another batch plan wrote it."""
+    """How many of a batch's rows (this shard's, in batch order) the file holds already: 0,
+    or the first rows of the last committed batch when a resume gave up rows after them (a
+    chunk torn by a kill; see :mod:`probe.store.salvage`). Any other mix means another batch
+    plan wrote it."""
     k = int(state.sum())
     if not state[:k].all():
         raise ProbeError(f"{out} holds part of a batch; the file was not written by this "

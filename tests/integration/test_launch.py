@@ -42,7 +42,7 @@ def test_shard_auto_ranks_combine_to_the_unsharded_run(tmp_path, tiny_model_dir,
     texts = tmp_path / "in.txt"
     texts.write_text("\n".join(f"Sentence number {i} is here{'.' * (i % 3 + 1)}" for i in range(7)) + "\n")
     common = ["capture", str(texts), "--model", str(tiny_model_dir), "--keys", "pattern,z",
-              "--batch-size", "2", "--quiet"]  # one window: 4 batches (2, 2, 2, 1)
+              "--batch-size", "3", "--quiet"]  # one window: 3 batches (3, 3, 1)
     assert main([*common, "--out", str(tmp_path / "whole.h5")]) == 0
     for rank in range(3):  # as SLURM would start them, one process each
         monkeypatch.setenv("SLURM_PROCID", str(rank))
@@ -54,7 +54,9 @@ def test_shard_auto_ranks_combine_to_the_unsharded_run(tmp_path, tiny_model_dir,
     for k in range(3):
         with open_run(tmp_path / "shards" / f"shard-{k}-of-3.h5") as shard:
             sizes.append(len(shard))
-    assert sizes == [3, 2, 2]  # whole batches, to the shard holding the fewest so far
+    # examples 0-1, 2-3 and 4-6 in plan order: shards 0 and 1 share the first batch, shards 1
+    # and 2 the second, each computing it whole and writing its own rows
+    assert sizes == [2, 2, 3]
     assert main(["combine", str(tmp_path / "shards"), "--out", str(tmp_path / "all.h5")]) == 0
     with open_run(tmp_path / "whole.h5") as a, open_run(tmp_path / "all.h5") as b:
         assert len(a) == len(b) == 7 and b.complete
@@ -65,21 +67,36 @@ def test_shard_auto_ranks_combine_to_the_unsharded_run(tmp_path, tiny_model_dir,
 
 
 @pytest.mark.slow
-def test_a_shard_without_a_batch_is_a_warning_and_an_empty_finished_file(tmp_path, tiny_model_dir,
-                                                                        capsys):
+def test_a_shard_without_an_example_is_a_warning_and_an_empty_finished_file(tmp_path,
+                                                                           tiny_model_dir,
+                                                                           capsys):
     from probe import open_run
     from probe.cli import main
 
     texts = tmp_path / "in.txt"
-    texts.write_text("One sentence.\nTwo sentences.\n")  # one batch of up to 32
-    out = tmp_path / "s1.h5"
+    texts.write_text("One sentence.\n")
+    out = tmp_path / "s0.h5"
     assert main(["capture", str(texts), "--model", str(tiny_model_dir), "--keys", "pattern",
-                 "--shard", "1/2", "--out", str(out), "--quiet"]) == 0
+                 "--shard", "0/2", "--out", str(out), "--quiet"]) == 0
     err = capsys.readouterr().err
-    assert "probe: warning: shard 1/2" in err and "holds no example" in err, err
-    assert "1 batch(es) of up to 32" in err
+    assert "probe: warning: shard 0/2" in err and "holds no example" in err, err
+    assert "1 example(s) for 2 shards" in err
     with open_run(out) as run:
         assert len(run) == 0 and run.complete
+
+
+@pytest.mark.slow
+def test_shards_of_two_sentences_get_one_each(tmp_path, tiny_model_dir):
+    from probe import open_run
+    from probe.cli import main
+
+    texts = tmp_path / "in.txt"
+    texts.write_text("One sentence.\nTwo short sentences here.\n")  # one batch of 2
+    for k in range(2):
+        assert main(["capture", str(texts), "--model", str(tiny_model_dir), "--keys", "pattern",
+                     "--shard", f"{k}/2", "--out", str(tmp_path / f"s{k}.h5"), "--quiet"]) == 0
+        with open_run(tmp_path / f"s{k}.h5") as run:
+            assert len(run) == 1 and run.complete
 
 
 def _worker_pids(rank: int) -> list[int]:
