@@ -217,10 +217,20 @@ def committed_extent(f, n_done: int) -> dict[str, int]:
     stream."""
     if n_done == 0:
         return dict.fromkeys((*UNITS, *BYTE_STREAMS), 0)
-    extent = index_ends({name: int(f[f"index/{name}"][n_done - 1]) for name in INDEX_FIELDS})
-    tokens = extent["token"]
-    extent["tokens/text"] = int(f["tokens/end"][tokens - 1]) if tokens else 0
+    extent = rows_end(f, n_done)
+    extent["tokens/text"] = token_text_end(f, extent["token"])
     return extent
+
+
+def rows_end(f, n: int) -> dict[str, int]:
+    """:func:`index_ends` of the first ``n`` (at least 1) index rows, read from their last
+    row (everything but ``tokens/text``, which needs ``/tokens/end``)."""
+    return index_ends({name: int(f[f"index/{name}"][n - 1]) for name in INDEX_FIELDS})
+
+
+def token_text_end(f, tokens: int) -> int:
+    """Bytes of ``/tokens/text`` the first ``tokens`` tokens take."""
+    return int(f["tokens/end"][tokens - 1]) if tokens else 0
 
 
 def index_problem(index: dict, sizes: dict, *, first: dict | None = None) -> str | None:

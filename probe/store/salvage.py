@@ -23,7 +23,7 @@ from collections.abc import Iterable
 
 import h5py
 
-from .layout import INDEX_FIELDS, STREAMS, index_ends
+from .layout import INDEX_FIELDS, STREAMS, rows_end, token_text_end
 
 
 def intact_rows(f: h5py.File, n_done: int, tensors: Iterable[tuple[str, str, int]]
@@ -65,9 +65,9 @@ def _values(f, n: int, unit: str | None, per_unit: int) -> int:
     """How many values of a dataset the first ``n`` rows take (``unit`` None: index rows)."""
     if unit is None or n == 0:
         return n
-    ends = index_ends({name: int(f[f"index/{name}"][n - 1]) for name in INDEX_FIELDS})
+    ends = rows_end(f, n)
     if unit == "tokens/text":
-        return int(f["tokens/end"][ends["token"] - 1]) if ends["token"] else 0
+        return token_text_end(f, ends["token"])
     return ends[unit] * per_unit
 
 
