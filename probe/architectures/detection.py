@@ -21,6 +21,7 @@ part not found. Imports torch and the package's ``families`` (for error messages
 
 from __future__ import annotations
 
+import functools
 import inspect
 import re
 import sys
@@ -61,6 +62,7 @@ def _projections(module: nn.Module) -> str | None:
 
 
 def _class_source(cls) -> str | None:
+    """The source of ``cls`` and its bases up to ``nn.Module``; None when not readable."""
     parts = []
     for klass in cls.__mro__:
         if klass in (nn.Module, object):
@@ -72,17 +74,26 @@ def _class_source(cls) -> str | None:
     return "\n".join(parts)
 
 
-def _uses_interface(module: nn.Module) -> bool:
-    source = _class_source(type(module))
+@functools.lru_cache(maxsize=None)
+def _class_uses_interface(cls) -> bool:
+    # cached per class: inspect.getsource parses the class's whole model file each call
+    source = _class_source(cls)
     return source is None or "ALL_ATTENTION_FUNCTIONS" in source
+
+
+def _uses_interface(module: nn.Module) -> bool:
+    return _class_uses_interface(type(module))
 
 
 def _eager_surprise(module: nn.Module, modelled: frozenset = frozenset()) -> str | None:
     """Why the model's own eager attention differs from probe's backend, if it visibly does
     (``modelled``: extra eager parameters the calling backend reproduces)."""
     eager = getattr(sys.modules.get(type(module).__module__), "eager_attention_forward", None)
-    if eager is None:
-        return None
+    return None if eager is None else _eager_function_surprise(eager, modelled)
+
+
+@functools.lru_cache(maxsize=None)
+def _eager_function_surprise(eager, modelled: frozenset) -> str | None:
     try:
         params = set(inspect.signature(eager).parameters)
         source = inspect.getsource(eager)

@@ -11,11 +11,13 @@ sinks, per-layer windows, one module serving several layers).
 from __future__ import annotations
 
 import functools
+import sys
 
 import numpy as np
 import pytest
 import torch
 import transformers as T
+from torch import nn
 
 from conftest import ARCHS, OUT_PROJ, SENTENCES, VOCAB, _tiny, eager_reference
 from probe import COMPONENTS, AttentionProbe, UnsupportedModelError
@@ -282,6 +284,47 @@ def test_opt_query_is_pre_scaled(tokenizer):
 def test_models_outside_the_interface_are_refused_with_the_reason(config, reason):
     model = T.AutoModel.from_config(config())
     with pytest.raises(UnsupportedModelError, match=reason):
+        AttentionProbe(model)
+
+
+class _SelfComputing(nn.Module):
+    """Attention that never calls transformers' attention interface (the interface's name
+    appears nowhere in this class's source)."""
+
+    def forward(self, hidden_states):
+        return hidden_states
+
+
+def test_detection_reads_each_source_once_and_sees_a_new_class(monkeypatch):
+    """inspect.getsource parses a class's whole model file per call (25 ms of a MiniLM probe's
+    28 ms): detection reads each class and eager function once, and a class or function defined
+    later (a notebook reload, a patched model file) is read afresh."""
+    import inspect
+
+    from probe.architectures import detection
+
+    detection._class_uses_interface.cache_clear()
+    detection._eager_function_surprise.cache_clear()
+    reads = []
+    real = inspect.getsource
+    monkeypatch.setattr(inspect, "getsource", lambda obj: reads.append(obj) or real(obj))
+    model = T.AutoModel.from_config(ARCHS["llama"][0]())
+    AttentionProbe(model)
+    first = len(reads)
+    assert first and len(set(reads)) == first  # two layers, each source read once
+    AttentionProbe(model)
+    assert len(reads) == first
+    module = sys.modules[type(model.layers[0].self_attn).__module__]
+
+    def eager_attention_forward(module, query, key, value, attention_mask, scaling, bias, **kw):
+        raise AssertionError("never called")
+
+    monkeypatch.setattr(module, "eager_attention_forward", eager_attention_forward)
+    with pytest.raises(UnsupportedModelError, match="takes bias"):
+        AttentionProbe(model)
+    for layer in model.layers:
+        layer.self_attn.__class__ = _SelfComputing
+    with pytest.raises(UnsupportedModelError, match="_SelfComputing.*computes attention itself"):
         AttentionProbe(model)
 
 
