@@ -153,12 +153,10 @@ class AttentionProbe(ProbeLifecycle):
         :data:`probe.names.COMPONENTS`) applied to every chosen layer, and/or full keys such as
         ``"blocks.3.attn.z"``. Default: every component.
     heads: capture only some heads of some layers: ``"3.7,5.*"`` (LAYER.HEAD, ``*`` for every
-        head), a list of such items or ``{layer: [heads]}``. A layer named here is captured
-        (added to ``layers``) with only these query heads; other chosen layers keep every head.
-        Per-head components (q, scores, pattern, z, value_norm, value_weighted, sink) keep the
-        selected heads in ascending order; k and v keep the key/value heads those heads read
-        (grouped-query: ``h // (n_heads // n_kv_heads)``). ``capture.heads[layer]`` (and
-        ``kv_heads``) say which head each position of the head axis holds.
+        head), a list of such items or ``{layer: [heads]}``; a layer named here is captured with
+        only these query heads (ascending), and its k and v with the key/value heads they read
+        (grouped-query: ``h // (n_heads // n_kv_heads)``); other chosen layers keep every head.
+        ``capture.heads[layer]`` and ``kv_heads`` say which head each head position holds.
 
     Use it as a context manager (:class:`~probe.lifecycle.ProbeLifecycle`). Inside, call
     :meth:`capture_ids` on token id rows, :meth:`run` on texts, :meth:`run_to_file`, or call the
@@ -236,21 +234,6 @@ class AttentionProbe(ProbeLifecycle):
         finally:
             self._recorder.stream = None
 
-    @contextlib.contextmanager
-    def selecting_heads(self, heads):
-        """Inside the block, capture only ``heads`` (as the ``heads`` argument of the probe)
-        of layers this probe captures; ``None`` keeps the probe's own selection."""
-        if heads is None:
-            yield self
-            return
-        before = self.heads
-        self.heads = self._recorder.heads = narrowed_heads(heads, self.layers, self.model,
-                                                           self._plan)
-        try:
-            yield self
-        finally:
-            self.heads = self._recorder.heads = before
-
     def run(self, texts, batch_size: int = 32, *, truncate: bool = False, meta=None,
             ids=None, heads=None, **refused) -> Capture:
         """Capture ``texts`` in memory, one Example per text in input order: eval mode, no
@@ -261,7 +244,7 @@ class AttentionProbe(ProbeLifecycle):
         self._require_attached("run()")
         from .batching import capture_texts
 
-        with self.selecting_heads(heads):
+        with _heads_narrowed(self, heads):
             return capture_texts(self, texts, batch_size, truncate=truncate, meta=meta, ids=ids)
 
     def run_to_file(self, texts, out, batch_size: int = 32, *, truncate: bool = False,
@@ -274,9 +257,25 @@ class AttentionProbe(ProbeLifecycle):
         self._require_attached("run_to_file()")
         from .runner import texts_to_file
 
-        with self.selecting_heads(heads):
+        with _heads_narrowed(self, heads):
             return texts_to_file(self, texts, out, batch_size=batch_size, truncate=truncate,
                                  meta=meta, ids=ids, **store_options)
+
+
+@contextlib.contextmanager
+def _heads_narrowed(probe: AttentionProbe, heads):
+    """Inside the block, ``probe`` captures only ``heads`` (as its ``heads`` argument) of the
+    layers it captures; ``None`` keeps its own selection."""
+    if heads is None:
+        yield probe
+        return
+    before = probe.heads
+    probe.heads = probe._recorder.heads = narrowed_heads(heads, probe.layers, probe.model,
+                                                         probe._plan)
+    try:
+        yield probe
+    finally:
+        probe.heads = probe._recorder.heads = before
 
 
 def _padded(rows, probe: AttentionProbe, what: str) -> dict:
