@@ -113,7 +113,7 @@ class EncDecRecorder:
             raise ProbeError(
                 f"{prefix}: {query.shape[-2]} queries against {key.shape[-2]} keys (a key/value "
                 "cache is in use); probe captures full forward passes only: call the model with "
-                "use_cache=False and without past_key_values")
+                "use_cache=False and without a cache (cache=, past_key_values=)")
         call = self._call
         call.setdefault("masked", {})[(stack, site)] = mask is not None
         call.setdefault("width", {})[(stack, site)] = (query.shape[-2], key.shape[-2])

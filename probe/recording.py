@@ -195,7 +195,7 @@ class Recorder:
             raise ProbeError(
                 f"layer {layer.index}: {query.shape[-2]} queries against {key.shape[-2]} keys "
                 "(a key/value cache is in use); probe captures full forward passes only: call "
-                "the model with use_cache=False and without past_key_values"
+                "the model with use_cache=False and without a cache (cache=, past_key_values=)"
             )
         n_heads, n_kv = query.shape[1], key.shape[1]
         heads, kv_heads = self.head_axes(layer.index, n_heads, n_kv)

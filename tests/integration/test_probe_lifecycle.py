@@ -170,8 +170,9 @@ def test_kv_cache_is_refused_clearly():
     with AttentionProbe(model) as p, torch.no_grad():
         out = model(input_ids=ids[:, :3], use_cache=True)
         assert len(p.captures) == 1
-        with pytest.raises(ProbeError, match="use_cache=False"):
-            model(input_ids=ids[:, 3:], past_key_values=out.past_key_values, use_cache=True)
+        with pytest.raises(ProbeError, match=r"use_cache=False and without a cache \(cache="):
+            name = "cache" if "cache" in out else "past_key_values"  # renamed within 5.x
+            model(input_ids=ids[:, 3:], use_cache=True, **{name: out[name]})
 
 
 def test_captures_accumulate_per_forward_and_clear(minilm):

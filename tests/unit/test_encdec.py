@@ -337,3 +337,17 @@ def test_keys_build_and_parse_in_both_forms():
             names.parse_key(bad)
     with pytest.raises(InputError, match="only in the decoder"):
         names.key(0, "q", stack="encoder", site="cross_attn")
+
+
+def test_a_decoder_step_with_a_cache_is_refused_clearly():
+    model = tiny("bart")
+    ids = torch.tensor([[101, 2000, 2001, 102]])
+    dec = torch.tensor([[102, 2000, 2001]])
+    with EncoderDecoderProbe(model) as p, torch.no_grad():
+        out = model(input_ids=ids, decoder_input_ids=dec[:, :2], use_cache=True)
+        assert len(p.captures) == 1
+        name = "cache" if "cache" in out else "past_key_values"  # renamed within 5.x
+        with pytest.raises(ProbeError, match=r"decoder\.blocks\.0\.attn: 1 queries against 3 keys"
+                                             r".*use_cache=False and without a cache \(cache="):
+            model(encoder_outputs=(out.encoder_last_hidden_state,), decoder_input_ids=dec[:, 2:],
+                  use_cache=True, **{name: out[name]})
