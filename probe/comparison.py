@@ -10,11 +10,11 @@ Two families of "first token" metric, named for what they read:
 - ``to_first_token*``: the first token's COLUMN (key 0: attention every query pays TO it):
   ``to_first_token`` (mean over queries) and ``to_first_token_max`` (max over queries).
 
-Peak memory is the peak resident set size above the level at the start of each measured
-phase (Linux: ``/proc/self/status`` VmHWM after resetting it through ``/proc/self/clear_refs``),
-so it counts torch's tensors, not only Python objects; on CUDA it is
-``torch.cuda.max_memory_allocated`` above the start; elsewhere a ``getrusage`` ru_maxrss delta
-(a lower bound). The method used is written in ``speed.csv``.
+One job: the rows, tables and charts of a comparison (:func:`compare_models`,
+:func:`write_charts`); speed and peak memory are measured by :mod:`probe.model_speed` (the
+method used is written in ``speed.csv``). Imports numpy, :mod:`probe.metrics`,
+:mod:`probe.capture`, :mod:`probe.model_speed`, :mod:`probe.models`, :mod:`probe.names` (and,
+inside the chart functions, :mod:`probe.plots`).
 
 >>> from probe.comparison import architecture
 >>> from probe import load_model
@@ -24,20 +24,14 @@ so it counts torch's tensors, not only Python objects; on CUDA it is
 
 from __future__ import annotations
 
-import ctypes
-import gc
-import resource
-import statistics
-import time
 import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 
 from . import metrics as M
 from .capture import AttentionProbe
-from .inputs import batches_by_length, encode, max_length_of, pad, pad_id_of
+from .model_speed import speed_row
 from .models import load_model
 from .names import key, layers_of
 
@@ -85,11 +79,6 @@ class Group:
         return cls(by, value) if eq else cls()
 
 
-SPEED = ("model", "sentences", "batch_size", "forward_s", "forward_sentences_per_s",
-         "forward_ms_per_sentence", "capture_s", "capture_sentences_per_s", "capture_over_forward",
-         "weights_mib", "forward_peak_mib", "capture_peak_mib", "memory_method")
-
-
 def cls_row_metrics(pattern: np.ndarray) -> dict[str, np.ndarray]:
     """Metrics of the first token's row (query 0) of ``[..., query, key]`` patterns.
 
@@ -132,76 +121,6 @@ def architecture(model) -> dict:
             "parameters": int(sum(p.numel() for p in model.parameters()))}
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status", encoding="ascii") as fh:
-        for line in fh:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise OSError(f"no {field} in /proc/self/status")
-
-
-def _peak_memory(fn, device) -> tuple[float, str]:
-    """Run ``fn``; return (peak memory above the start in MiB, the method that measured it)."""
-    gc.collect()
-    try:  # give freed heap back to the OS, so the phase's own growth shows in the RSS
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        start = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        return (torch.cuda.max_memory_allocated() - start) / 2**20, "torch.cuda.max_memory_allocated above start"
-    try:
-        with open("/proc/self/clear_refs", "w", encoding="ascii") as fh:
-            fh.write("5")  # resets VmHWM (peak RSS) to the current RSS
-        start = _status_kib("VmRSS")
-        fn()
-        return (_status_kib("VmHWM") - start) / 1024, "peak RSS above start (VmHWM after clear_refs)"
-    except OSError:
-        start = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        fn()
-        delta = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - start
-        return delta / 1024, "getrusage ru_maxrss delta (lower bound)"
-
-
-def _speed(model, tokenizer, texts, batch_size, rounds):
-    """Median seconds over ``rounds`` of a plain forward and of a probe capture of the texts,
-    and the peak memory of each (one untimed pass each, before the timed rounds)."""
-    enc = encode(tokenizer, texts, max_length=max_length_of(model, tokenizer), truncate=True)
-    device = next(model.parameters()).device
-    batches = [pad([enc.ids[i] for i in rows], pad_id_of(tokenizer), device)
-               for rows in batches_by_length([len(x) for x in enc.ids], batch_size)]
-    plain, probe = [], []
-    with AttentionProbe(model, tokenizer, keys=["pattern"]) as p:
-        p.run(texts[:batch_size], truncate=True)  # warm-up
-
-    def forward():
-        with torch.inference_mode():
-            for ids, mask in batches:
-                model(input_ids=ids, attention_mask=mask)
-
-    def capture():
-        with AttentionProbe(model, tokenizer, keys=["pattern"]) as p:
-            p.run(texts, batch_size=batch_size, truncate=True)
-
-    forward_mib, method = _peak_memory(forward, device)
-    capture_mib, _ = _peak_memory(capture, device)
-    for _ in range(rounds):
-        t0 = time.perf_counter()
-        with torch.inference_mode():
-            for ids, mask in batches:
-                model(input_ids=ids, attention_mask=mask)
-        plain.append(time.perf_counter() - t0)
-        t0 = time.perf_counter()
-        with AttentionProbe(model, tokenizer, keys=["pattern"]) as p:
-            p.run(texts, batch_size=batch_size, truncate=True)
-        probe.append(time.perf_counter() - t0)
-    return statistics.median(plain), statistics.median(probe), forward_mib, capture_mib, method
-
-
 def compare_models(names, texts, *, meta=None, group_by=None, batch_size: int = 32,
                    rounds: int = 3, device: str = "cpu"):
     """Rows for the architecture, metric, speed (and memory) and per-sentence tables of every
@@ -227,15 +146,8 @@ def compare_models(names, texts, *, meta=None, group_by=None, batch_size: int = 
             for m in SUMMARY:
                 row[m] = _mean([per_example[i][m] for i in idx])
             metric_rows.append(row)
-        plain_s, probe_s, forward_mib, capture_mib, method = _speed(model, tokenizer, texts, batch_size, rounds)
-        weights = sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()])
-        speed_rows.append({"model": label, "sentences": len(texts), "batch_size": batch_size,
-                           "forward_s": plain_s, "forward_sentences_per_s": len(texts) / plain_s,
-                           "forward_ms_per_sentence": 1e3 * plain_s / len(texts),
-                           "capture_s": probe_s, "capture_sentences_per_s": len(texts) / probe_s,
-                           "capture_over_forward": probe_s / plain_s, "weights_mib": weights / 2**20,
-                           "forward_peak_mib": forward_mib, "capture_peak_mib": capture_mib,
-                           "memory_method": method})
+        speed_rows.append(speed_row(model, tokenizer, texts, label=label, batch_size=batch_size,
+                                    rounds=rounds))
         del model, capture
     return arch_rows, metric_rows, speed_rows, sentence_rows
 

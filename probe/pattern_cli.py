@@ -98,7 +98,8 @@ def cmd_view(args) -> int:
 
 
 def cmd_compare_models(args) -> int:
-    from .comparison import DEFINITIONS, SPEED, SUMMARY, compare_models, markdown_table, write_charts
+    from .comparison import DEFINITIONS, SUMMARY, compare_models, markdown_table, write_charts
+    from .model_speed import SPEED
     from .readers import iter_records
     from .outputs import write_csv
 
