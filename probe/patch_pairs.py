@@ -9,7 +9,12 @@ under the chosen positions is reported with that status and skipped.
 base runs are batched, and the patched rows of layer l for several pairs go in one forward
 that runs the layers below l once per pair and repeats each pair's hidden states once per head
 from block l on (:func:`probe.patch_ops.expand_hook`); where a model's forward does not allow
-that, every row runs the whole model (same results, slower).
+that, every row runs the whole model (same results, slower); what it found is a
+:class:`~probe.patch_result.SweepResult`.
+
+One job: pairs made ready to patch, and the sweep over them. Imports numpy, :mod:`probe.align`,
+:mod:`probe.cues`, :mod:`probe.design`, :mod:`probe.errors`, :mod:`probe.pairs`,
+:mod:`probe.patch_ops` and :mod:`probe.patch_result`.
 
 >>> correspondence(["[CLS]", "a", "is", "x", "[SEP]"], ["[CLS]", "a", "is", "not", "x", "[SEP]"])
 ([0, 1, 2, 3, 4], [0, 1, 2, 4, 5])
@@ -27,6 +32,7 @@ from .design import NO_KIND, Exclusion, Why
 from .errors import InputError
 from .pairs import Label, Side
 from .patch_ops import Ops
+from .patch_result import SweepResult
 
 
 class Positions(Label):
@@ -39,8 +45,6 @@ class Positions(Label):
 
 
 POSITIONS = tuple(p.value for p in Positions)
-#: the status of a used pair whose gap is too small to normalise by (patch_status.csv)
-SMALL_GAP = "small gap"
 
 
 @dataclass
@@ -160,74 +164,6 @@ def plan_setups(patcher, plans, *, direction="noising", positions="all",
         setups.append(pair_setup(patcher, p.id, target, source, positions=positions,
                                  target_word=p.target, cue_spans=spans, kind=p.kind, cluster=plan.cluster))
     return setups
-
-
-@dataclass
-class SweepResult:
-    """Effects of a sweep. Arrays are NaN where a pair is skipped or its gap is too small."""
-
-    setups: list[PairSetup]
-    specs: list                 # (component, layer, heads) of each column of raw
-    raw: np.ndarray             # [pair, spec]: patched - base
-    gap: np.ndarray             # [pair]: source - base
-    small_gap: np.ndarray       # [pair] bool
-    metric: str
-
-    @property
-    def effects(self) -> np.ndarray:
-        """Normalised effects [pair, spec]: raw / gap; NaN for skipped or small-gap pairs."""
-        with np.errstate(invalid="ignore", divide="ignore"):
-            out = self.raw / self.gap[:, None]
-        out[self.small_gap] = np.nan
-        return out
-
-    def status(self, i: int) -> str:
-        """Pair ``i``'s entry in patch_status.csv: why it was skipped, :data:`SMALL_GAP`, or ""
-        when used."""
-        return self.setups[i].status or (SMALL_GAP if self.flagged(i) else "")
-
-    def skipped(self, i: int) -> bool:
-        """Whether pair ``i`` was not patched (no alignment, no position, duplicate, ...)."""
-        return bool(self.setups[i].status)
-
-    def flagged(self, i: int) -> bool:
-        """Whether pair ``i`` was patched but its gap is too small to normalise by."""
-        return not self.skipped(i) and bool(self.small_gap[i])
-
-    def rows(self) -> list[dict]:
-        """One row per (pair, spec): id, kind, cluster, status, component, layer, head
-        (``all`` for a whole layer), gap, raw and effect (NaN where not normalised)."""
-        if self.raw.ndim != 2:
-            raise InputError("rows() needs a sweep of whole heads (per_position=False)")
-        effects = self.effects
-        return [{"id": s.id, "kind": s.kind, "cluster": s.cluster, "status": self.status(i) or "used",
-                 "component": component, "layer": layer,
-                 "head": heads[0] if len(heads) == 1 else "all",
-                 "gap": float(self.gap[i]), "raw": float(self.raw[i, k]), "effect": float(effects[i, k])}
-                for i, s in enumerate(self.setups)
-                for k, (component, layer, heads) in enumerate(self.specs)]
-
-    def to_pandas(self):
-        """:meth:`rows` as a pandas DataFrame (pandas is optional). Per-pair effects are
-        descriptive; the tests over clusters are :func:`probe.patch_report.statistics`."""
-        try:
-            import pandas as pd
-        except ImportError:
-            raise InputError("to_pandas() needs pandas: pip install pandas") from None
-        return pd.DataFrame(self.rows())
-
-    def _repr_html_(self) -> str:
-        import html
-
-        used = sum(1 for i in range(len(self.setups)) if not self.status(i))
-        with np.errstate(all="ignore"):
-            mean = np.nanmean(self.effects, axis=0) if used else np.full(len(self.specs), np.nan)
-        top = np.argsort(-np.abs(np.nan_to_num(mean)))[:5]
-        items = "".join(f"<li>{html.escape(str(self.specs[k][0]))} layer {self.specs[k][1]} "
-                        f"head {html.escape(str(self.specs[k][2][0] if len(self.specs[k][2]) == 1 else 'all'))}: "
-                        f"mean effect {mean[k]:.3f}</li>" for k in top if np.isfinite(mean[k]))
-        return (f"<p>patch sweep ({html.escape(self.metric)}): {used} of {len(self.setups)} pairs "
-                f"used, {len(self.specs)} patches; largest mean effects (descriptive):</p><ul>{items}</ul>")
 
 
 def _chunks(order, size):
