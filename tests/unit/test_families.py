@@ -3,14 +3,14 @@ identities of the captured tensors, in one parametrised test; then what is speci
 families (soft-capping, sinks, alternating windows, shared layers) and the errors for models
 probe cannot capture.
 
-Families in ``conftest.ARCHS`` also run through tests/test_capture_exact.py; those here in
-``SPECIAL`` break an assumption of that file (scaling other than d_head**-0.5, soft-capping,
-sinks, per-layer windows, one module serving several layers).
+Families in ``conftest.ARCHS`` also run through tests/unit/test_capture_exact.py; those in
+``SPECIAL`` (tests/families.py) break an assumption of that file (scaling other than
+d_head**-0.5, soft-capping, sinks, per-layer windows, one module serving several layers).
+``probe check-model`` on each family saved to a folder is tests/integration/test_check_model_cli.py.
 """
 
 from __future__ import annotations
 
-import functools
 import sys
 
 import numpy as np
@@ -19,83 +19,9 @@ import torch
 import transformers as T
 from torch import nn
 
-from conftest import ARCHS, OUT_PROJ, SENTENCES, VOCAB, _tiny, eager_reference
+from conftest import ARCHS, SENTENCES, _tiny, eager_reference
+from families import FAMILIES, batch as _batch, out_proj_name, tiny_model
 from probe import COMPONENTS, AttentionProbe, UnsupportedModelError
-from probe.inputs import pad
-
-_DEC = dict(bos_token_id=101, eos_token_id=102, pad_token_id=0)
-_SMALL = dict(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-              max_position_embeddings=64)
-_GEMMA = dict(_SMALL, num_key_value_heads=2, head_dim=8, intermediate_size=32, sliding_window=4,
-              query_pre_attn_scalar=12, **_DEC)
-
-
-def _gemma3_multimodal():
-    vision = T.SiglipVisionConfig(hidden_size=16, intermediate_size=16, num_hidden_layers=1,
-                                  num_attention_heads=2, image_size=16, patch_size=8)
-    text = dict(_GEMMA, layer_types=["sliding_attention", "full_attention"])
-    return T.Gemma3Config(text_config=text, vision_config=vision.to_dict(), mm_tokens_per_image=4,
-                          image_token_index=30000, boi_token_index=30001, eoi_token_index=30002)
-
-
-# name -> (config factory, output projection of layer l, independent of probe's detection)
-SPECIAL = {
-    # tanh soft-capping (a small cap, so that it bites), query_pre_attn_scalar, alternating windows
-    "gemma2": (lambda: T.Gemma2Config(**_GEMMA, attn_logit_softcapping=0.5),
-               "layers.{l}.self_attn.o_proj"),
-    "gemma3_text": (lambda: T.Gemma3TextConfig(**_GEMMA, layer_types=["sliding_attention",
-                                                                      "full_attention"]),
-                    "layers.{l}.self_attn.o_proj"),
-    # the text model nested under model.language_model, next to a SigLIP vision tower
-    "gemma3": (_gemma3_multimodal, "language_model.layers.{l}.self_attn.o_proj"),
-    # learned sinks; sliding then full layers; MoE MLP
-    "gpt_oss": (lambda: T.GptOssConfig(**_SMALL, **_DEC, num_key_value_heads=2, head_dim=8,
-                                       intermediate_size=32, sliding_window=4, num_local_experts=2,
-                                       num_experts_per_tok=1,
-                                       layer_types=["sliding_attention", "full_attention"]),
-                "layers.{l}.self_attn.o_proj"),
-    # the query is scaled before the attention function, which gets scaling=1.0
-    "opt": (lambda: T.OPTConfig(vocab_size=VOCAB, hidden_size=32, num_hidden_layers=2,
-                                num_attention_heads=4, ffn_dim=37, max_position_embeddings=64,
-                                word_embed_proj_dim=32, **_DEC),
-            "decoder.layers.{l}.self_attn.out_proj"),
-    # one set of weights shared by all three layers
-    "albert": (lambda: T.AlbertConfig(vocab_size=VOCAB, embedding_size=16, hidden_size=32,
-                                      num_hidden_layers=3, num_attention_heads=4,
-                                      intermediate_size=37, max_position_embeddings=64),
-               "encoder.albert_layer_groups.0.albert_layers.0.attention.dense"),
-    # bidirectional, global / local (sliding window) / global layers, fused Wqkv
-    "modernbert": (lambda: T.ModernBertConfig(**dict(_SMALL, num_hidden_layers=3),
-                                              intermediate_size=37, pad_token_id=0,
-                                              bos_token_id=101, eos_token_id=102,
-                                              cls_token_id=101, sep_token_id=102,
-                                              global_attn_every_n_layers=2, local_attention=4),
-                   "layers.{l}.attn.Wo"),
-}
-FAMILIES = sorted(ARCHS) + sorted(SPECIAL)
-
-
-@functools.lru_cache(maxsize=None)
-def tiny_model(name: str):
-    """The tiny model of ``name`` (weights widened x3 like conftest's, for peaked patterns)."""
-    if name in ARCHS:
-        return _tiny(name)
-    torch.manual_seed(1234)
-    model = T.AutoModel.from_config(SPECIAL[name][0]()).eval()
-    with torch.no_grad():
-        for pname, p in model.named_parameters():
-            if p.dim() == 2 and "embed" not in pname:
-                p.mul_(3.0)
-    return model
-
-
-def out_proj_name(name: str, layer: int) -> str:
-    return (OUT_PROJ[name] if name in ARCHS else SPECIAL[name][1]).format(l=layer)
-
-
-def _batch(tokenizer, texts=SENTENCES):
-    return pad([tokenizer(t)["input_ids"] for t in texts], 0, "cpu")
-
 
 _eager = eager_reference
 
@@ -344,43 +270,6 @@ def test_detection_names_the_part_it_did_not_find():
     del model.layers[1]  # fewer attention modules than config.num_hidden_layers
     with pytest.raises(UnsupportedModelError, match="found 1 attention modules.*config has 2"):
         AttentionProbe(model)
-
-
-def _check_cli(path):
-    import argparse
-
-    from probe.check import add_check_parser, cmd_check
-
-    parser = argparse.ArgumentParser()
-    add_check_parser(parser.add_subparsers())
-    return cmd_check(parser.parse_args(["check-model", str(path)]))
-
-
-@pytest.mark.parametrize("name", FAMILIES)
-def test_check_model_passes_on_every_tiny_saved_config(name, tokenizer, tmp_path, capsys):
-    tiny_model(name).save_pretrained(tmp_path)
-    tokenizer.save_pretrained(tmp_path)
-    assert _check_cli(tmp_path) == 0
-    out = capsys.readouterr().out
-    assert out.rstrip().endswith("PASS") and "FAIL" not in out
-    for word in ("family", "layers", "heads", "kv heads", "windows", "sinks", "keys"):
-        assert f"\n{word} " in out
-    if name == "gpt_oss":
-        assert "sinks              2 x yes" in out
-    if name == "gemma2":
-        assert "sliding(4), full" in out and "soft-capping       2 x 0.5" in out
-
-
-def test_check_model_on_the_bundled_model_and_a_failure(minilm, monkeypatch, capsys):
-    from probe import check
-
-    report = check.check_model(*minilm)
-    assert report.passed and report.facts["heads"] == 12 and report.diffs["pattern"] <= 1e-6
-    assert set(report.diffs) == {"pattern", "scores", "rows", "z", "value_norm", "output",
-                                 "hidden"}
-    monkeypatch.setitem(check.TOLERANCE, torch.float32, -1.0)  # nothing can pass
-    assert _check_cli("bundled:all-MiniLM-L6-v2") == 1
-    assert capsys.readouterr().out.rstrip().endswith("FAIL")
 
 
 def test_sink_is_a_default_key_only_for_models_with_sinks():

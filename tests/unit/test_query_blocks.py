@@ -8,7 +8,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from test_families import FAMILIES, _batch, tiny_model
+from families import FAMILIES, batch as _batch, tiny_model
 
 from probe import AttentionProbe, attention, capture
 
