@@ -147,24 +147,9 @@ class EncDecRecorder:
         arrays = {names.key(layer, c, stack=stack, site=site): to_numpy(t)
                   for (stack, site, layer), tensors in pending.items() for c, t in tensors.items()}
         batch = next(iter(arrays.values())).shape[0]
-        stacks, masked, width = call.get("stacks", {}), call["masked"], call["width"]
+        stacks = call.get("stacks", {})
         enc_in, dec_in = stacks.get("encoder", {}), stacks.get("decoder", {})
-        n_enc = (width.get(("encoder", "attn")) or width[("decoder", "cross_attn")][::-1])[0]
-        n_dec = (width.get(("decoder", "attn")) or width[("decoder", "cross_attn")])[0]
-
-        def spans(mask, used, n):
-            return spans_of(mask if used else None, batch, n)
-
-        enc_spans = spans(enc_in.get("attention_mask"), masked.get(("encoder", "attn")), n_enc)
-        dec_spans = spans(dec_in.get("attention_mask"), masked.get(("decoder", "attn"), True),
-                          n_dec)
-        src_mask = dec_in.get("encoder_attention_mask")
-        if src_mask is None:
-            src_mask = enc_in.get("attention_mask")
-        if ("decoder", "cross_attn") in masked:
-            src_spans = spans(src_mask, masked[("decoder", "cross_attn")], n_enc)
-        else:
-            src_spans = enc_spans
+        enc_spans, dec_spans, src_spans = _call_spans(call, enc_in, dec_in, batch)
         enc_ids, dec_ids = (None if d.get("input_ids") is None
                             else d["input_ids"].detach().cpu().numpy() for d in (enc_in, dec_in))
         examples = [self._example(arrays, row, enc_spans[row], dec_spans[row], src_spans[row],
@@ -195,3 +180,24 @@ class EncDecRecorder:
             decoder_tokens=tokens(dec_ids, dec),
             decoder_input_ids=None if dec_ids is None else dec_ids[row, dec[0]:dec[1]],
             n_source=enc[1] - enc[0])
+
+
+def _call_spans(call: dict, enc_in: dict, dec_in: dict, batch: int):
+    """Each row's ``(start, stop)`` in the encoder, the decoder and the cross-attention's source
+    of one forward call: from each stack's attention mask where that site used a mask, else
+    every position (widths as the backend saw them)."""
+    masked, width = call["masked"], call["width"]
+    n_enc = (width.get(("encoder", "attn")) or width[("decoder", "cross_attn")][::-1])[0]
+    n_dec = (width.get(("decoder", "attn")) or width[("decoder", "cross_attn")])[0]
+
+    def spans(mask, used, n):
+        return spans_of(mask if used else None, batch, n)
+
+    enc_spans = spans(enc_in.get("attention_mask"), masked.get(("encoder", "attn")), n_enc)
+    dec_spans = spans(dec_in.get("attention_mask"), masked.get(("decoder", "attn"), True), n_dec)
+    src_mask = dec_in.get("encoder_attention_mask")
+    if src_mask is None:
+        src_mask = enc_in.get("attention_mask")
+    if ("decoder", "cross_attn") not in masked:
+        return enc_spans, dec_spans, enc_spans
+    return enc_spans, dec_spans, spans(src_mask, masked[("decoder", "cross_attn")], n_enc)
