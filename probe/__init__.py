@@ -1,5 +1,9 @@
 """probe: exact, architecture-independent capture and analysis of transformer attention.
 
+Imports :mod:`probe.architectures`, :mod:`probe.capture`, :mod:`probe.captures`,
+:mod:`probe.encdec`, :mod:`probe.errors`, :mod:`probe.models`, :mod:`probe.names`,
+:mod:`probe.notebook`, :mod:`probe.patching`, :mod:`probe.readers` and :mod:`probe.store`.
+
 >>> from probe import AttentionProbe, load_model
 >>> model, tokenizer = load_model()
 >>> with AttentionProbe(model, tokenizer, keys=["pattern"]) as p:

@@ -1,4 +1,4 @@
-"""``python -m probe ...`` runs the ``probe`` command."""
+"""``python -m probe ...`` runs the ``probe`` command. Imports :mod:`probe.cli` only."""
 
 import sys
 

@@ -7,6 +7,8 @@ counterfactual), *deleted* (only in the original) or *replaced* (a span of one s
 replaced by a span of the other). Which edited words are a negation cue is decided on the
 texts by :mod:`probe.cues`.
 
+Imports numpy only (and the standard library's difflib).
+
 >>> a = align(["[CLS]", "a", "robin", "is", "a", "bird", ".", "[SEP]"],
 ...           ["[CLS]", "a", "robin", "isn", "'", "t", "a", "bird", ".", "[SEP]"])
 >>> a.replaced

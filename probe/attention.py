@@ -2,6 +2,8 @@
 
 Shapes use the project's axis words: ``batch head kv_head query key token d_head d_model``.
 
+Imports torch, einops and :mod:`probe.errors`.
+
 >>> import torch
 >>> q = torch.randn(1, 4, 5, 8); k = torch.randn(1, 2, 5, 8); v = torch.randn(1, 2, 5, 8)
 >>> scores, pattern, z = attend(q, k, v, mask=None, scaling=8 ** -0.5)

@@ -13,6 +13,8 @@ backend there: :class:`probe.capture.AttentionProbe` ``probe_capture``,
 Claiming a model and counting a backend's users happen together under the lock, so two threads
 attaching at once cannot both claim one model or both register (or remove) a backend.
 
+Imports :mod:`probe.errors` (and, inside functions, transformers).
+
 >>> from probe.backends import Backends
 >>> import torch
 >>> reg, model = Backends(), torch.nn.Linear(1, 1)

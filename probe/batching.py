@@ -4,6 +4,9 @@
 forward-and-capture call (:meth:`~probe.capture.AttentionProbe.capture_ids`). Runs written
 to a file are :mod:`probe.runner`'s (``AttentionProbe.run_to_file``).
 
+Imports :mod:`probe.captures`, :mod:`probe.errors` and :mod:`probe.inputs` (and, inside
+functions, :mod:`probe.readers`).
+
 >>> from probe import AttentionProbe, load_model
 >>> model, tokenizer = load_model()
 >>> with AttentionProbe(model, tokenizer, keys=["pattern"]) as p:

@@ -4,6 +4,9 @@ A :class:`Capture` is a sequence of :class:`Example`; an example maps canonical 
 (:mod:`probe.names`) to numpy arrays. Live captures and stored runs (:mod:`probe.store`)
 share this interface, so analyses do not care where the numbers come from.
 
+Imports numpy, :mod:`probe.attention`, :mod:`probe.errors`, :mod:`probe.names` and
+:mod:`probe.packing` (and, inside functions, torch and :mod:`probe.notebook`).
+
 >>> import numpy as np
 >>> batch = CapturedBatch({"blocks.0.attn.pattern": np.ones((1, 2, 4, 4)) / 4},
 ...                       spans=[(0, 3)], tokens=[["[CLS]", "hi", "[SEP]"]])

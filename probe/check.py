@@ -21,6 +21,10 @@ hidden                  the model's last hidden state under the probe against ea
 Each difference is a max abs diff divided by ``max(1, max |reference|)``, over real tokens, and
 passes under the tolerance of the model's dtype (:data:`TOLERANCE`).
 
+Imports torch, einops, :mod:`probe.architectures`, :mod:`probe.attention` and
+:mod:`probe.names` (and, inside functions, :mod:`probe.capture`, :mod:`probe.check_encdec`,
+:mod:`probe.inputs` and :mod:`probe.models`).
+
 >>> from probe import load_model
 >>> report = check_model(*load_model())
 >>> report.passed, report.facts["family"], report.facts["layers"]

@@ -15,8 +15,9 @@ check                   reference
 ``{site} z``            ``pattern @ v`` (key/value heads expanded)
 ======================  ==================================================================
 
-Imports :mod:`probe.check` (report and tolerance) and :mod:`probe.encdec`; nothing imports it
-but :mod:`probe.check`.
+Imports numpy, torch, :mod:`probe.names`, :mod:`probe.architectures`, :mod:`probe.inputs` and
+:mod:`probe.check` (report and tolerance), and :mod:`probe.encdec` inside its functions;
+nothing imports it but :mod:`probe.check`.
 """
 
 from __future__ import annotations

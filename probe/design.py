@@ -15,6 +15,8 @@ The words shared with the study's other modules are enums here: :class:`Controls
 pair's ``control_source``), :class:`PairSet` (the ``set`` of the study's own pairs and of its
 baseline) and :class:`Exclusion` (why a pair is left out, as ``pairs.csv`` writes it).
 
+Imports :mod:`probe.cues`, :mod:`probe.errors` and :mod:`probe.pairs`.
+
 >>> from probe.pairs import Pair
 >>> plan = plan_pairs([Pair("p1", "The robin is a bird.", "The robin is not a bird.")])[0]
 >>> plan.cue.text, plan.cue.source, plan.control_source, plan.control is not None

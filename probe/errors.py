@@ -2,6 +2,8 @@
 
 Every error `probe` raises on purpose is a :class:`ProbeError` whose message says what was
 expected, what was found and what to do about it.
+
+One job: these types. Imports nothing, so every module may import it.
 """
 
 

@@ -1,4 +1,6 @@
-"""Tables as Parquet: the engine of ``probe export``. Imports pyarrow lazily (optional extra).
+"""Tables as Parquet: the engine of ``probe export``. Imports :mod:`probe.errors` and
+:mod:`probe.outputs` (and, inside functions, :mod:`probe.report`, :mod:`probe.store` and
+pyarrow, an optional extra, imported only when a table is written).
 
 Two sources:
 

@@ -3,6 +3,8 @@
 Batches are right-padded whatever the tokenizer's own setting: with right padding the real
 tokens keep positions 0..n-1, so a padded example is computed exactly as if run alone (left
 padding would shift rotary and learned positions of decoder models).
+
+Imports numpy, torch and :mod:`probe.errors`.
 """
 
 from __future__ import annotations

@@ -12,6 +12,8 @@ on its own with ``--resume``. Checked in this order (the first complete pair win
 | Open MPI | ``OMPI_COMM_WORLD_RANK`` | ``OMPI_COMM_WORLD_SIZE`` |
 | MPICH, Intel MPI (PMI) | ``PMI_RANK`` | ``PMI_SIZE`` |
 
+Imports only :mod:`probe.errors` (and the standard library).
+
 >>> shard_from_env({"SLURM_ARRAY_TASK_ID": "3", "SLURM_ARRAY_TASK_COUNT": "8"})
 Launch(rank=3, world_size=8, local_rank=None, launcher='SLURM array')
 >>> shard_from_env({})

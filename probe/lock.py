@@ -8,6 +8,8 @@ writer closes. The file holds JSON naming the holder (pid, host, start time) for
 second writer gets. The OS drops the lock when its process dies, however it dies, so a lock
 file left by a killed writer is stale and simply taken over; a clean close removes it.
 
+Imports :mod:`probe.errors`.
+
 >>> import os, tempfile
 >>> run = os.path.join(tempfile.mkdtemp(), "run.h5")
 >>> with WriterLock(run):

@@ -4,6 +4,8 @@ Leading axes (layer, head, ...) pass through, so each function is vectorised ove
 patterns of one example; :func:`example_metrics` stacks an example's layers and heads.
 Definitions are in each docstring; every function is tested on a hand-computed example.
 
+Imports numpy, :mod:`probe.align` and :mod:`probe.names`.
+
 >>> import numpy as np
 >>> uniform = np.full((2, 4, 4), 0.25)          # [head, query, key]
 >>> np.allclose(mean_row_entropy(uniform), np.log(4))

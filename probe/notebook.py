@@ -6,6 +6,11 @@ interactive aligned view; ``.table()`` is a pandas DataFrame of every metric per
 head (descriptive: one pair has no test statistic), ``.figure()`` a matplotlib figure.
 pandas is optional and imported only by ``.table()``.
 
+Imports numpy, :mod:`probe.capture`, :mod:`probe.cues`, :mod:`probe.design`,
+:mod:`probe.errors`, :mod:`probe.names`, :mod:`probe.pair_compare`, :mod:`probe.pair_metrics`
+and :mod:`probe.pairs` (and, inside functions, pandas, :mod:`probe.models`, :mod:`probe.plots`
+and :mod:`probe.view`).
+
 >>> from probe.notebook import compare
 >>> r = compare("The cat is on the mat.", "The cat is not on the mat.")
 >>> r.cue, r.control_text

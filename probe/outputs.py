@@ -8,6 +8,8 @@
 - :func:`begin_folder` / :func:`finish_folder`: a results folder carries a completion marker
   written last, so a reader can tell a finished folder from an interrupted one.
 
+Imports numpy.
+
 >>> import tempfile, os, csv
 >>> d = tempfile.mkdtemp()
 >>> write_csv(os.path.join(d, "t.csv"), [{"a": "=1+2", "b": -0.5}], ["a", "b"])

@@ -10,6 +10,9 @@ same tokens by construction. The control's *edit* is where it differs from the c
 not eat fish." / "The cat does really eat fish." the cue is "not" and the edit "really", while
 "does" and "eat", changed in both, are left out of both.
 
+Imports numpy, :mod:`probe.align`, :mod:`probe.names`, :mod:`probe.pair_metrics` and
+:mod:`probe.pairs`.
+
 >>> from probe.captures import Example
 >>> pat = np.full((1, 3, 3), 1 / 3)                      # [head, query, key]
 >>> ex = Example(["[CLS]", "x", "[SEP]"], ["blocks.0.attn.pattern"], lambda k: pat)

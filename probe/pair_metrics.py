@@ -20,6 +20,8 @@ on the same tokens. Families:
   in the counterfactual, the neutral edit in the control. The original has no such token, so
   only the difference from the control is tested.
 
+Imports numpy, scipy.stats and :mod:`probe.pairs`.
+
 >>> sorted({str(m.family) for m in METRICS.values()})
 ['cue', 'distance', 'shift', 'similarity']
 >>> METRICS["cue_attention_in"].tested_vs_original

@@ -15,6 +15,8 @@ A pair file is JSONL (one object a line) or CSV with the columns ``id``, ``origi
 Other fields are kept as metadata. Errors name the file and line. :class:`Side` names the
 three sentences of a pair wherever they are told apart (fields, run metadata, comparisons).
 
+Imports :mod:`probe.errors` and :mod:`probe.readers`.
+
 >>> import tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "p.jsonl")
 >>> _ = open(path, "w").write('{"id": "p1", "original": "A robin is a bird.", '

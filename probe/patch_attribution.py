@@ -10,6 +10,9 @@ layer at once (a zero offset that requires grad is added to each layer's z insid
 backend), with :func:`torch.autograd.grad`, so no parameter's ``.grad`` is touched.
 :func:`screen` ranks heads by the attribution, runs the exact sweep on the top ones and
 reports how well the two agree.
+
+Imports numpy, torch and :mod:`probe.inputs` (inside functions, :mod:`probe.patch_pairs` and
+scipy.stats).
 """
 
 from __future__ import annotations

@@ -6,6 +6,11 @@
 
 Everything is validated (pair file, heads, target tokens, the metric's head) before DIR is
 touched; every file is written atomically and ``COMPLETE.json`` last.
+
+Imports numpy and :mod:`probe.errors`; inside the command, transformers, :mod:`probe.models`,
+:mod:`probe.pairs`, :mod:`probe.design`, :mod:`probe.readers`, :mod:`probe.outputs`,
+:mod:`probe.plots` and the patching modules (:mod:`probe.patching`, :mod:`probe.patch_pairs`,
+:mod:`probe.patch_attribution`, :mod:`probe.patch_report`).
 """
 
 from __future__ import annotations

@@ -6,6 +6,8 @@ values), values ``v[row, kv_head, position] = value`` (z recomputed), and block 
 ``resid[row, position] = value``. ``rows=None`` means every row of the batch. The backend calls
 :meth:`Ops.apply` after each layer's attention.
 
+Imports torch, :mod:`probe.attention` and :mod:`probe.errors`.
+
 >>> import torch
 >>> ops = Ops(); ops.add_broadcast(0, 1, None, None); ops = ops.finish("cpu")
 >>> z = torch.ones(2, 3, 4, 5); _, out = ops.apply(0, torch.ones(2, 3, 4, 4), torch.ones(2, 3, 4, 5), z)

@@ -7,6 +7,9 @@ cluster means, cluster-bootstrap CI, sign-flip or t over clusters), and ``q`` is
 Benjamini-Hochberg over the layer x head tests of one kind. Pairs skipped (no alignment, no
 position to patch, duplicate) or flagged (gap too small to normalise by) are not in the tests;
 they are listed with their status in ``patch_status.csv``.
+
+Imports numpy, :mod:`probe.errors`, :mod:`probe.stats` and :mod:`probe.study` (inside
+functions, scipy.stats and :mod:`probe.plots`).
 """
 
 from __future__ import annotations

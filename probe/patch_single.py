@@ -3,8 +3,8 @@
 normalises the change; ``ablate`` and ``patch`` build the :class:`~probe.patch_ops.Ops` that
 their ``with`` blocks apply. Batched sweeps over many pairs are :mod:`probe.patch_pairs`'.
 
-One job: these three. Imports :mod:`probe.patch_pairs` (pair setups) and
-:mod:`probe.patch_ops`; the Patcher is passed in, never imported.
+One job: these three. Imports numpy, torch, :mod:`probe.errors`, :mod:`probe.patch_pairs` (pair
+setups) and :mod:`probe.patch_ops`; the Patcher is passed in, never imported.
 """
 
 from __future__ import annotations

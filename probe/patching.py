@@ -18,6 +18,9 @@ an int or list of ints: those target positions. A pattern patch maps the source 
 onto the target's keys through the ``all`` correspondence; the source's weight on keys with no
 counterpart in the target (an inserted "not") is left out, so such rows sum to less than 1.
 
+Imports numpy, torch, :mod:`probe.capture`, :mod:`probe.errors`, :mod:`probe.inputs`,
+:mod:`probe.patch_ops`, :mod:`probe.patch_readout` and :mod:`probe.patch_single`.
+
 >>> from probe import load_model
 >>> model, tokenizer = load_model()
 >>> with Patcher(model, tokenizer) as pt:

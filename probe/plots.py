@@ -6,6 +6,8 @@ on both axes (query down the side, key along the top or bottom), sizes are cappe
 heads into rows), and every token and title is drawn literally (``parse_math=False``: a token
 ``$x$`` is not mathtext).
 
+Imports matplotlib, numpy and :mod:`probe.names` (and, inside functions, :mod:`probe.outputs`).
+
 >>> import numpy as np
 >>> fig = metric_heatmap(np.arange(6.0).reshape(2, 3), np.eye(2, 3, dtype=bool), "demo")
 >>> len(fig.axes)

@@ -3,6 +3,8 @@
 A record is ``(index, text, meta)``; ``meta`` holds the optional ``id`` and every other field
 of the input, kept as per-example metadata.
 
+Imports :mod:`probe.errors`.
+
 >>> import tempfile, os
 >>> path = os.path.join(tempfile.mkdtemp(), "in.jsonl")
 >>> _ = open(path, "w").write('{"id": "a", "text": "A robin is a bird.", "domain": "animals"}\\n')

@@ -2,6 +2,9 @@
 a :class:`~probe.captures.Capture`: per layer tensors from the backend, padding spans from the
 call's 2D mask, numpy arrays, and value norms through a cached factor of each layer's W_O.
 
+Imports numpy, torch, :mod:`probe.attention`, :mod:`probe.captures`, :mod:`probe.errors` and
+:mod:`probe.names`.
+
 >>> import torch
 >>> spans_of(torch.tensor([[1, 1, 0], [0, 1, 1]]), 2, 3)
 [(0, 2), (1, 3)]

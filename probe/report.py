@@ -8,6 +8,9 @@ Writes, into an output folder:
   class (:func:`probe.metrics.classify_heads`);
 - ``by_{field}.csv`` for each ``group_by`` field: per group x layer x head, the means;
 - ``token_importance.csv``: per example and token, raw, value-weighted and rollout importance.
+
+Imports numpy, :mod:`probe.captures`, :mod:`probe.errors`, :mod:`probe.metrics` and
+:mod:`probe.outputs` (and, inside functions, :mod:`probe.export`).
 """
 
 from __future__ import annotations

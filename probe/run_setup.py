@@ -2,7 +2,9 @@
 file records, the check that a resumed file was written with the same settings, shard
 parsing, the output folder, and the fixed sizes of the stored tensors.
 
-Imports :mod:`probe.inputs`, :mod:`probe.store` and :mod:`probe.names`; never the runner.
+Imports torch, :mod:`probe.errors`, :mod:`probe.inputs`, :mod:`probe.names` and
+:mod:`probe.store` (with :mod:`probe.store.layout`), and inside functions transformers,
+:mod:`probe.launch` and :mod:`probe.models`; never the runner.
 """
 
 from __future__ import annotations

@@ -9,6 +9,11 @@ run would have (same padding, same numbers, bit for bit) and skips the committed
 
 Memory stays flat: the input is streamed, one window of token ids is held at a time, and at
 most ``queue_batches`` captured batches exist at once (the one being written included).
+
+Imports numpy, :mod:`probe.names`, :mod:`probe.errors`, :mod:`probe.inputs`,
+:mod:`probe.malloc_tuning`, :mod:`probe.run_setup`, :mod:`probe.run_writing`,
+:mod:`probe.store` (with :mod:`probe.store.layout`) and :mod:`probe.triangles` (inside
+functions, :mod:`probe.readers` and tqdm).
 """
 
 from __future__ import annotations

@@ -19,6 +19,10 @@ layer and head (``stats.csv``, named ``{study}_vs_{against}``; ``{study}`` is th
   baseline pairs', unpaired, over clusters.
 
 q: Benjamini-Hochberg over the layer x head tests of one metric, contrast and kind.
+
+Imports numpy, :mod:`probe.captures`, :mod:`probe.cues`, :mod:`probe.design`,
+:mod:`probe.errors`, :mod:`probe.pair_compare`, :mod:`probe.pair_metrics`, :mod:`probe.pairs`
+and :mod:`probe.stats`.
 """
 
 from __future__ import annotations

@@ -11,6 +11,10 @@ the completion marker last:
 - ``pair_metrics.csv``: per used pair, layer and head, each metric for the counterfactual and
   for the control (``{metric}_control``), both against the original;
 - ``summary.md`` and ``figures/``.
+
+Imports numpy, :mod:`probe.design`, :mod:`probe.errors`, :mod:`probe.outputs`,
+:mod:`probe.pair_metrics`, :mod:`probe.pairs` and :mod:`probe.study` (and, inside the functions
+that draw or show, :mod:`probe.plots` and pandas, which is optional).
 """
 
 from __future__ import annotations

@@ -10,8 +10,8 @@ and in Gemma 3 with ``use_bidirectional_attention``). Nothing here trusts that f
 data: the writer checks every batch, cell by cell, and refuses a value above a diagonal
 (:class:`~probe.store.NotTriangularError`) instead of dropping it.
 
-One job: that decision. Imports :mod:`probe.names` and the store's layout (which components
-a triangle can hold); the runner calls it, the writer does the packing.
+One job: that decision. Imports :mod:`probe.names` and the store's :mod:`probe.store.tensors`
+(which components a triangle can hold); the runner calls it, the writer does the packing.
 
 >>> from types import SimpleNamespace as NS
 >>> probe = NS(layers=[NS(index=0, module=NS(is_causal=True)), NS(index=1, module=NS())])

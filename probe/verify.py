@@ -14,6 +14,9 @@ A run written before checksums still verifies (its index and decoding are checke
 says its chunks carry no checksums). A combined view's tensors are virtual: they are checked in
 its shard files, which ``verify`` checks as well.
 
+Imports h5py, numpy, :mod:`probe.store.attrs`, :mod:`probe.store.files` and
+:mod:`probe.store.layout`.
+
 >>> import os, tempfile
 >>> from probe import AttentionProbe, load_model
 >>> path = os.path.join(tempfile.mkdtemp(), "run.h5")

@@ -1,17 +1,23 @@
 """HDF5 run files: the layout, a crash-safe writer, a lazy reader, and shard combining. The
 store stores; it computes nothing (``value_weighted`` is derived on read by the Example).
 
-Modules, one job each (an arrow: may import)::
+Modules, one job each (an arrow: the store modules it may import; any of them may also import
+numpy, h5py, ``probe.names``, ``probe.errors`` and ``probe.lock``, and ``packing`` and
+``reader`` import ``probe.captures``; none imports the rest of probe)::
 
-    layout.py   the one description of the file: datasets, dtypes, chunks, attributes,
-                run identity                                       (imports none of these)
+    attrs.py    attribute values read and written one way                (none of these)
     errors.py   the store's exceptions; detaching a file whose writes fail (none of these)
-    files.py    opening files safely, publishing, extending, the lock    -> layout, errors
-    starting.py creating a run file, reopening one to resume             -> layout, files, salvage, errors
+    tensors.py  how a tensor sits in the file: dtype, checksum, chunks, unit -> attrs
+    layout.py   the one description of the file: groups, datasets, index,
+                attributes, run identity                                 -> tensors
+    files.py    opening files safely, publishing, extending, the lock    -> layout, tensors, attrs, errors
     salvage.py  rows a kill left unreadable, given up before a resume    -> layout
-    writer.py   RunWriter: append or stream batches, commit, finish      -> starting, files, packing, errors
-    reader.py   Run and open_run: lazy reads, index and damage checks    -> layout, files, errors
-    shards.py   combine: shards joined by virtual datasets, or copied    -> layout, files, errors
+    starting.py creating a run file, reopening one to resume             -> layout, tensors, attrs, files, salvage, errors
+    triangles.py causal squares as packed lower triangles                -> tensors, errors
+    packing.py  a batch cut, cast and checked for writing; its streams   -> layout, tensors, triangles
+    writer.py   RunWriter: append or stream batches, commit, finish      -> layout, tensors, starting, files, packing, triangles, errors
+    reader.py   Run and open_run: lazy reads, index and damage checks    -> layout, tensors, attrs, files, errors
+    shards.py   combine: shards joined by virtual datasets, or copied    -> layout, tensors, attrs, files, errors
 
 Everything public is importable from ``probe.store`` itself.
 """

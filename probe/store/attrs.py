@@ -1,5 +1,5 @@
 """Reading and writing HDF5 attribute values the same way everywhere in a run file (strings,
-lists of strings, numbers). One job; imports nothing from the other store modules.
+lists of strings, numbers). One job; imports h5py and numpy, nothing from probe.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 One job: name what went wrong with a run file (schema, safety, shards, damage, a failed
 write) and keep a failed write from crashing the interpreter (:func:`detach`). Shared by the
-writer and by ``combine``. Imports nothing from the other store modules.
+writer and by ``combine``. Imports h5py and :mod:`probe.errors`, nothing from the other
+store modules.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@ ones in place: the file handling the writer, the reader and ``combine`` share.
 
 One job: hand over an ``h5py.File`` that is a probe run and reads only its own data (or its
 shards'), publish or lock a run without ever overwriting one, and create and extend its
-datasets. Imports ``layout`` and ``errors`` only; the writer, reader and shards import it.
+datasets. Imports h5py, numpy, :mod:`probe.names`, :mod:`probe.errors`, :mod:`probe.lock` and,
+of the store, ``layout``, ``tensors``, ``attrs`` and ``errors``; the writer, reader and shards
+import it.
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The one description of a run file: groups, datasets, dtypes, chunking and checksum options,
-attributes, what a consistent index satisfies, and the settings that make a run the run it is. Imports nothing from the other
-store modules (they all import it); it describes the file, it opens and writes nothing.
+attributes, what a consistent index satisfies, and the settings that make a run the run it is.
+Imports h5py, numpy, :mod:`probe.names` and ``tensors`` (the other half of the description);
+the other store modules import it. It describes the file, it opens and writes nothing.
 
 Layout (schema ``probe.run`` version 2; README.md has a full h5py-only example)::
 

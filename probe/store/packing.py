@@ -3,8 +3,9 @@ layers, to their lower triangle), cast to the stored dtype and checked, one copy
 buffer; and each batch's index and byte streams. What :class:`~probe.store.writer.RunWriter`
 writes, made here.
 
-Imports ``layout`` (units, dtypes), ``errors`` and :mod:`probe.captures`'s row packing; never
-the writer or the reader.
+Imports numpy, :mod:`probe.names`, :mod:`probe.errors`, :mod:`probe.captures` and
+:mod:`probe.packing` (row packing) and, of the store, ``layout`` (streams), ``tensors``
+(dtypes) and ``triangles``; never the writer or the reader.
 """
 
 from __future__ import annotations

@@ -2,9 +2,10 @@
 interface of a live capture, and the checks that turn a damaged file into one clear
 :class:`~probe.store.errors.CorruptRunError`.
 
-One job: read rows out of the layout of :mod:`probe.store.layout` (deriving
-``value_weighted`` on load is the Example's; the reader computes nothing). Imports
-``layout``, ``files`` (safe opening) and ``errors``; never the writer.
+One job: read rows out of the layout of :mod:`probe.store.layout` (deriving ``value_weighted``
+on load is the Example's; the reader computes nothing). Imports h5py, numpy,
+:mod:`probe.names`, :mod:`probe.captures` and, of the store, ``layout``, ``tensors``,
+``attrs``, ``files`` (safe opening) and ``errors``; never the writer.
 """
 
 from __future__ import annotations

@@ -14,7 +14,8 @@ the resume captures the rest again (capture is deterministic: the result equals 
 uninterrupted run). A damaged chunk then lies wholly past the new end, and HDF5 drops such
 chunks without reading them.
 
-One job: that check. Imports ``layout`` (the datasets and how far rows reach).
+One job: that check. Imports h5py and, of the store, ``layout`` (the datasets and how far rows
+reach).
 """
 
 from __future__ import annotations

@@ -1,10 +1,11 @@
 """Combining shard files (``probe capture --shard K/N``) into one run: :func:`combine`.
 
-One job: join the shards of one split. The index, token and text streams are copied with
-their offsets shifted; the tensors become HDF5 virtual datasets over the shards' committed
-extents (a view: nothing large is copied), or with ``copy=True`` are copied too, block by
-block, into one self-contained file. Imports ``layout`` (what a run holds and which settings
-its shards share), ``files`` and ``errors``; it needs neither the reader nor the writer.
+One job: join the shards of one split. The index, token and text streams are copied with their
+offsets shifted; the tensors become HDF5 virtual datasets over the shards' committed extents (a
+view: nothing large is copied), or with ``copy=True`` are copied too, block by block, into one
+self-contained file. Imports h5py, numpy, :mod:`probe.names`, :mod:`probe.errors` and, of the
+store, ``layout`` (what a run holds and which settings its shards share), ``tensors``,
+``attrs``, ``files`` and ``errors``; it needs neither the reader nor the writer.
 """
 
 from __future__ import annotations

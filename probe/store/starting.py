@@ -3,8 +3,10 @@ appending (the writer lock taken first, checks, committed rows a kill tore given
 the last commit dropped). Each hands an open ``h5py.File`` and its lock to
 :class:`~probe.store.writer.RunWriter`, or leaves nothing behind when it fails.
 
-One job: those two. Imports ``layout`` (what a new file holds), ``files`` (opening,
-publishing, the lock), ``salvage`` and ``errors``; never the reader.
+One job: those two. Imports h5py, numpy, :mod:`probe.names`, :mod:`probe.errors`,
+:mod:`probe.lock` and, of the store, ``layout`` (what a new file holds), ``tensors``,
+``attrs``, ``files`` (opening, publishing, the lock), ``salvage`` and ``errors``; never the
+reader.
 """
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """How a tensor sits in a run file: its dataset's dtype (bfloat16 as uint16 bits), checksum
 and chunking, its unit (token, square or packed triangle) and the attributes that say how to
 cut one example out of it. Part of the one description of a run file that
-:mod:`probe.store.layout` starts; imports nothing from the other store modules.
+:mod:`probe.store.layout` starts; imports numpy, :mod:`probe.names`, :mod:`probe.errors` and
+``attrs`` only.
 
 Triangles (version 2). A causal layer (its attention module's ``is_causal``) attends only to
 earlier keys, so its [head, query, key] squares hold a fixed value above the diagonal: -inf in

@@ -3,7 +3,8 @@ square to the cells at or below the diagonal (n(n+1)/2 per head, in ``np.tri`` o
 whole batch or from streamed pieces, after checking bit for bit that every cell above the
 diagonal holds what the layout says it must (-inf scores, 0 pattern).
 
-Imports ``layout`` and ``errors``; used by :mod:`probe.store.packing`.
+Imports numpy, :mod:`probe.errors` and, of the store, ``tensors`` (units, the lower-triangle
+mask) and ``errors``; used by :mod:`probe.store.packing`.
 """
 
 from __future__ import annotations

@@ -3,9 +3,10 @@ created or reopened (:mod:`probe.store.starting`), each batch committed atomical
 the OS refuses (a full disk) leaves every committed row intact and raises
 :class:`~probe.store.errors.WriteFailedError`.
 
-One job: put rows into the layout of :mod:`probe.store.layout`. Imports ``layout`` (what to
-write), ``starting``, ``files`` (extending datasets), ``packing`` and ``errors``; never the
-reader.
+One job: put rows into the layout of :mod:`probe.store.layout`. Imports h5py, numpy,
+:mod:`probe.errors`, :mod:`probe.lock` and, of the store, ``layout`` (what to write),
+``tensors``, ``starting``, ``files`` (extending datasets), ``packing``, ``triangles`` and
+``errors``; never the reader.
 """
 
 from __future__ import annotations
