@@ -218,6 +218,10 @@ def summary(main: PairTable, baseline, stats, title: str, attrs: dict, settings=
               "original; inserting any word changes attention, so only `" + vs_control + "` (the "
               "difference in differences against the matched control, on the same aligned tokens) "
               "isolates the edit. A head is called selective only when it is significant there. "
+              "The control matches insertion, length, position and the edit's place, not the "
+              "word: a selective head treats the cue unlike the control's word (say \"not\" "
+              "unlike \"really\"), which may be a difference of word identity or class rather "
+              "than of negation's meaning. "
               f"Tests are over clusters, two-sided; q is Benjamini-Hochberg over the layer x head "
               f"tests of one metric, contrast and kind; significant means q < {ALPHA}. "
               "Descriptive rows (no test) are marked so in stats.csv.", ""]

@@ -173,6 +173,7 @@ def test_study_live_and_stored_give_identical_tables(minilm, tmp_path):
     summary = (out / "summary.md").read_text()
     assert summary.startswith("# Negation study") and "## copula" in summary and "## other" in summary
     assert "left out: duplicate 1" in summary
+    assert "not the word: a selective head treats the cue unlike the control's word" in summary
     figures = sorted(p.name for p in (out / "figures").iterdir())
     assert "cue_attention_by_layer.svg" in figures and any(f.startswith("pair_n0_") for f in figures)
     assert "heatmap_mean_attention_diff_negation_vs_control.png" in figures
