@@ -42,6 +42,12 @@ def resolve_model(name_or_path: str | None) -> str:
     return str(name_or_path)
 
 
+def _looks_like_path(name: str) -> bool:
+    """A name only a file system could resolve: absolute, relative with ./ or ../, or under ~
+    (a hub name is ``org/model``, which a relative folder can also be: that is tried as both)."""
+    return os.path.isabs(name) or name.startswith(("./", "../", "~", ".\\", "..\\"))
+
+
 def check_device(device) -> torch.device:
     """The device, or a clear error when it does not exist on this machine.
 
@@ -77,6 +83,10 @@ def load_model(name_or_path: str | None = None, *, device: str | torch.device = 
 
     check_device(device)
     path = resolve_model(name_or_path)
+    if _looks_like_path(path) and not os.path.exists(os.path.expanduser(path)):
+        raise InputError(f"model folder {path} does not exist: give a folder with config.json, "
+                         "weights and tokenizer files, or a hub name such as org/model")
+    path = os.path.expanduser(path)
     if isinstance(dtype, str):
         dtype = getattr(torch, dtype)
     try:
@@ -85,9 +95,9 @@ def load_model(name_or_path: str | None = None, *, device: str | torch.device = 
     except OSError as err:
         where = "folder" if os.path.isdir(path) else "name"
         raise InputError(
-            f"could not load model {path!r} ({where}): {err}. Give a local folder with "
-            "config.json, weights and tokenizer files, or a hub name where a network exists"
-        ) from err
+            f"could not load model {path!r} ({where}): {str(err).rstrip('. ')}. Give a local "
+            "folder with config.json, weights and tokenizer files, or a hub name where a network "
+            "exists") from err
     except (ValueError, KeyError, RuntimeError) as err:  # unknown model_type, shape mismatch
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if "mismatched_sizes" in first:

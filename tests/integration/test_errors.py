@@ -93,6 +93,8 @@ def test_cli_errors_are_one_line(tmp_path, tiny_model_dir):
         (["capture", "--device", "cuda"], "CUDA is not available"),
         (["capture", "--model", str(bad_type)], "model type `nonsense`"),
         (["capture", "--model", str(bad_shape)], "shapes do not match its config"),
+        (["capture", "--model", str(tmp_path / "no-model")], f"model folder {tmp_path / 'no-model'} does not exist"),
+        (["capture", "--model", "./no-model"], "model folder ./no-model does not exist"),
         (["capture", "--model", str(tiny_model_dir), "--out", "/proc/no-such/run.h5"], "cannot create the folder"),
         (["negation", "--pairs", str(empty), "--out", str(tmp_path / "s")], "holds no pairs"),
         (["cues", "--pairs", str(tmp_path / "missing.jsonl")], "does not exist"),
