@@ -94,10 +94,11 @@ def load_model(name_or_path: str | None = None, *, device: str | torch.device = 
         model = AutoModel.from_pretrained(path, dtype=dtype, **kwargs)
     except OSError as err:
         where = "folder" if os.path.isdir(path) else "name"
+        said = " ".join(str(err).split()).rstrip(". ")  # transformers' text spans lines
         raise InputError(
-            f"could not load model {path!r} ({where}): {str(err).rstrip('. ')}. Give a local "
-            "folder with config.json, weights and tokenizer files, or a hub name where a network "
-            "exists") from err
+            f"could not load model {path!r} ({where}): {said}. Give a local folder with "
+            "config.json, weights and tokenizer files, or a hub name where a network exists"
+        ) from err
     except (ValueError, KeyError, RuntimeError) as err:  # unknown model_type, shape mismatch
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         if "mismatched_sizes" in first:

@@ -76,3 +76,22 @@ def test_over_long_texts_are_refused_before_tokenising():
     assert tok.seen == 4 + 320 and out.truncated == [False, True]
     with pytest.raises(InputError, match="more than the model's maximum of 10"):
         encode(tok, ["a " * 20], max_length=10)
+
+
+def test_model_load_errors_are_one_line_and_name_a_missing_folder(monkeypatch, tmp_path):
+    import transformers
+
+    from probe.models import load_model
+
+    with pytest.raises(InputError, match=f"model folder {tmp_path / 'gone'} does not exist"):
+        load_model(str(tmp_path / "gone"))
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'.\nCheck your connection.")
+
+    monkeypatch.setattr(transformers.AutoTokenizer, "from_pretrained", offline)
+    with pytest.raises(InputError) as err:
+        load_model("org/model")
+    message = str(err.value)
+    assert "\n" not in message and "'org/model' (name)" in message
+    assert "huggingface.co'. Check your connection. Give a local folder" in message
