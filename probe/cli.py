@@ -28,6 +28,16 @@ from .errors import ProbeError, ProbeWarning
 _default_showwarning = warnings.showwarning
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in the project's form: the usage, then one ``probe: error:``
+    line naming the subcommand (argparse itself writes ``probe capture: error: ...``)."""
+
+    def error(self, message):
+        self.print_usage(sys.stderr)
+        command = self.prog.split(" ", 1)[1] + ": " if " " in self.prog else ""
+        self.exit(2, f"probe: error: {command}{message}\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
     from .capture_cli import add_capture_parser, add_combine_parser
@@ -38,7 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     from .study_cli import add_study_parsers
     from .verify import add_verify_parser
 
-    parser = argparse.ArgumentParser(prog="probe", description=__doc__.split("\n\n")[0])
+    parser = _Parser(prog="probe", description=__doc__.split("\n\n")[0])
     parser.add_argument("--version", action="version", version=f"probe {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     # in the order `probe --help` has always listed them
