@@ -46,7 +46,7 @@ from .errors import InputError, UnsupportedModelError
 from .inputs import device_of, pad, pad_id_of
 from .lifecycle import ProbeLifecycle, capture_forward, run_forward
 from .recording import Recorder, head_picker
-from .selection import heads_per_layer, narrowed_heads, select_keys
+from .selection import heads_per_layer, narrowed_heads, parse_heads, select_keys
 
 BACKEND = "probe_capture"
 
@@ -170,7 +170,7 @@ class AttentionProbe(ProbeLifecycle):
         super().__init__(model, tokenizer)
         self.layers = attention_layers(model)  # raises UnsupportedModelError early
         #: the head selection, ``{layer: query heads}`` (empty: every head of every layer)
-        self.heads = names.parse_heads(heads, len(self.layers), heads_per_layer(model))
+        self.heads = parse_heads(heads, len(self.layers), heads_per_layer(model))
         self.exposed_keys, self._plan = select_keys(self.layers, layers, keys, self.heads)
         self._recorder = Recorder(self.layers, self._plan, self.exposed_keys, tokenizer,
                                   heads=self.heads)

@@ -195,62 +195,6 @@ def kv_heads_of(heads, n_heads: int, n_kv_heads: int) -> tuple[int, ...]:
     return tuple(sorted({kv_head_of(h, n_heads, n_kv_heads) for h in heads}))
 
 
-_HEADS_FORM = ("comma-separated LAYER.HEAD items, HEAD a head index or * for every head of the "
-               "layer, e.g. 3.7,5.*")
-
-
-def parse_heads(spec, n_layers: int, n_heads=None) -> dict[int, tuple[int, ...]]:
-    """A head selection as ``{layer: sorted query heads}``.
-
-    ``spec``: ``"3.7,5.*"`` (``*``: every head of the layer), a list of such items, or a
-    mapping ``{layer: heads}`` (heads a list, one int, or ``"*"``). Negative layers count
-    from the end. ``n_heads``: the number of query heads of a layer (an int, a function of
-    the layer, or None when unknown: heads are then checked at capture time; ``*`` needs it).
-
-    >>> parse_heads("3.7,5.*,3.1", n_layers=6, n_heads=8)
-    {3: (1, 7), 5: (0, 1, 2, 3, 4, 5, 6, 7)}
-    """
-    if spec is None:
-        return {}
-    items = []
-    if isinstance(spec, dict):
-        for layer, hs in spec.items():
-            hs = [hs] if isinstance(hs, (int, str)) else list(hs)
-            items += [(layer, h, f"{layer}.{h}") for h in hs]
-    else:
-        parts = spec.split(",") if isinstance(spec, str) else list(spec)
-        for part in parts:
-            text = str(part).strip()
-            layer, dot, head = text.partition(".")
-            if not dot or not layer.strip().lstrip("-").isdigit() or not (
-                    head.strip() == "*" or head.strip().isdigit()):
-                raise InputError(f"heads {text!r} is not LAYER.HEAD: expected {_HEADS_FORM}")
-            items.append((int(layer), head.strip(), text))
-    chosen: dict[int, set[int]] = {}
-    for layer, head, text in items:
-        if isinstance(layer, bool) or not -n_layers <= int(layer) < n_layers:
-            raise InputError(f"heads {text!r}: layer {layer} does not exist: the model has "
-                             f"layers 0..{n_layers - 1}")
-        layer = int(layer) % n_layers
-        count = n_heads(layer) if callable(n_heads) else n_heads
-        if head == "*":
-            if count is None:
-                raise InputError(f"heads {text!r}: the number of heads of layer {layer} is "
-                                 "unknown here; list the heads")
-            chosen.setdefault(layer, set()).update(range(count))
-            continue
-        if isinstance(head, bool) or not str(head).isdigit():
-            raise InputError(f"heads {text!r}: {head!r} is not a head index: expected {_HEADS_FORM}")
-        head = int(head)
-        if count is not None and head >= count:
-            raise InputError(f"heads {text!r}: head {head} does not exist: layer {layer} has "
-                             f"heads 0..{count - 1}")
-        chosen.setdefault(layer, set()).add(head)
-    if not chosen and items == []:
-        raise InputError(f"the head selection is empty: expected {_HEADS_FORM}")
-    return {layer: tuple(sorted(hs)) for layer, hs in sorted(chosen.items())}
-
-
 def normalize_components(components) -> tuple[str, ...]:
     """Validate a selection of components; ``None`` means all of them.
 

@@ -19,8 +19,91 @@ This module's one job is that selection; it imports :mod:`probe.names` and
 
 from __future__ import annotations
 
+import numbers
+
 from . import names
 from .errors import InputError
+
+
+def is_index(value) -> bool:
+    """A whole number, as an integer type or a string of digits (not a bool, not 1.5).
+
+    >>> [is_index(v) for v in (3, "-1", 1.5, True, "2.0")]
+    [True, True, False, False, False]
+    """
+    if isinstance(value, str):
+        return value.strip().lstrip("-").isdigit()
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def layer_indices(layers, n: int, where: str) -> list[int]:
+    """``layers`` (one index or several; negative ones count from the end) as ints, refused
+    unless whole numbers in ``-n..n-1`` (``where``: "the model has", for the message)."""
+    one = isinstance(layers, (str, numbers.Number)) or not hasattr(layers, "__iter__")
+    out = []
+    for layer in ([layers] if one else layers):
+        if not is_index(layer):
+            raise InputError(f"layer {layer!r} is not a layer index (a whole number)")
+        if not -n <= int(layer) < n:
+            raise InputError(f"layer {layer} does not exist: {where} layers 0..{n - 1}")
+        out.append(int(layer))
+    return out
+
+
+_HEADS_FORM = ("comma-separated LAYER.HEAD items, HEAD a head index or * for every head of the "
+               "layer, e.g. 3.7,5.*")
+
+
+def parse_heads(spec, n_layers: int, n_heads=None) -> dict[int, tuple[int, ...]]:
+    """A head selection as ``{layer: sorted query heads}``.
+
+    ``spec``: ``"3.7,5.*"`` (``*``: every head of the layer), a list of such items, or a
+    mapping ``{layer: heads}`` (heads a list, one int, or ``"*"``). Negative layers count
+    from the end. ``n_heads``: the number of query heads of a layer (an int, a function of
+    the layer, or None when unknown: heads are then checked at capture time; ``*`` needs it).
+
+    >>> parse_heads("3.7,5.*,3.1", n_layers=6, n_heads=8)
+    {3: (1, 7), 5: (0, 1, 2, 3, 4, 5, 6, 7)}
+    """
+    if spec is None:
+        return {}
+    items = []
+    if isinstance(spec, dict):
+        for layer, hs in spec.items():
+            hs = [hs] if isinstance(hs, (int, str)) else list(hs)
+            items += [(layer, h, f"{layer}.{h}") for h in hs]
+    else:
+        parts = spec.split(",") if isinstance(spec, str) else list(spec)
+        for part in parts:
+            text = str(part).strip()
+            layer, dot, head = text.partition(".")
+            if not dot or not layer.strip().lstrip("-").isdigit() or not (
+                    head.strip() == "*" or head.strip().isdigit()):
+                raise InputError(f"heads {text!r} is not LAYER.HEAD: expected {_HEADS_FORM}")
+            items.append((int(layer), head.strip(), text))
+    chosen: dict[int, set[int]] = {}
+    for layer, head, text in items:
+        if not is_index(layer) or not -n_layers <= int(layer) < n_layers:
+            raise InputError(f"heads {text!r}: layer {layer} does not exist: the model has "
+                             f"layers 0..{n_layers - 1}")
+        layer = int(layer) % n_layers
+        count = n_heads(layer) if callable(n_heads) else n_heads
+        if head == "*":
+            if count is None:
+                raise InputError(f"heads {text!r}: the number of heads of layer {layer} is "
+                                 "unknown here; list the heads")
+            chosen.setdefault(layer, set()).update(range(count))
+            continue
+        if not is_index(head) or int(head) < 0:
+            raise InputError(f"heads {text!r}: {head!r} is not a head index: expected {_HEADS_FORM}")
+        head = int(head)
+        if count is not None and head >= count:
+            raise InputError(f"heads {text!r}: head {head} does not exist: layer {layer} has "
+                             f"heads 0..{count - 1}")
+        chosen.setdefault(layer, set()).add(head)
+    if not chosen and items == []:
+        raise InputError(f"the head selection is empty: expected {_HEADS_FORM}")
+    return {layer: tuple(sorted(hs)) for layer, hs in sorted(chosen.items())}
 
 
 def select_keys(layers, chosen_layers, keys, heads=None) -> tuple[list[str], dict[int, frozenset]]:
@@ -28,7 +111,7 @@ def select_keys(layers, chosen_layers, keys, heads=None) -> tuple[list[str], dic
 
     ``layers``: the model's :class:`~probe.architectures.AttentionLayer` list; ``chosen_layers``
     and ``keys`` as given to :class:`AttentionProbe`; ``heads``: the parsed head selection
-    (:func:`probe.names.parse_heads`), whose layers are captured too (only they, when
+    (:func:`parse_heads`), whose layers are captured too (only they, when
     ``chosen_layers`` is None).
     """
     n = len(layers)
@@ -36,11 +119,7 @@ def select_keys(layers, chosen_layers, keys, heads=None) -> tuple[list[str], dic
     if chosen_layers is None:
         chosen = sorted(heads) if heads else list(range(n))
     else:
-        chosen = []
-        for layer in ([chosen_layers] if isinstance(chosen_layers, int) else chosen_layers):
-            if not -n <= int(layer) < n:
-                raise InputError(f"layer {layer} does not exist: the model has layers 0..{n - 1}")
-            chosen.append(int(layer) % n)
+        chosen = [layer % n for layer in layer_indices(chosen_layers, n, "the model has")]
         chosen += [layer for layer in heads if layer not in chosen]
     pairs = []
     # `sink` by default only for models with learned sinks (zeros elsewhere: no information)
@@ -85,7 +164,7 @@ def heads_per_layer(model) -> int | None:
 def narrowed_heads(heads, layers, model, plan) -> dict[int, tuple[int, ...]]:
     """``heads`` (as the probe's ``heads`` argument) parsed for a probe that captures the layers
     of ``plan``; refused when they name a layer the probe does not capture."""
-    chosen = names.parse_heads(heads, len(layers), heads_per_layer(model))
+    chosen = parse_heads(heads, len(layers), heads_per_layer(model))
     outside = sorted(set(chosen) - set(plan))
     if outside:
         raise InputError(f"heads: layers {outside} are not captured by this probe (it "
@@ -106,12 +185,7 @@ def select_encdec_keys(sites, layers, keys) -> tuple[list[str], dict[tuple, froz
     if layers is None:
         chosen = None
     else:
-        chosen = []
-        for layer in ([layers] if isinstance(layers, int) else layers):
-            if not -n_max <= int(layer) < n_max:
-                raise InputError(f"layer {layer} does not exist: the stacks have layers "
-                                 f"0..{n_max - 1}")
-            chosen.append(int(layer))
+        chosen = layer_indices(layers, n_max, "the stacks have")
 
     def in_stack(n):  # the chosen layers that exist in a stack of n layers
         if chosen is None:

@@ -14,7 +14,7 @@ import torch
 from conftest import SENTENCES, _tiny
 from probe import AttentionProbe, open_run
 from probe.errors import InputError
-from probe.names import parse_heads
+from probe.selection import parse_heads
 from probe.store import combine
 from probe.verify import verify_run
 

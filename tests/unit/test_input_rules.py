@@ -95,3 +95,25 @@ def test_model_load_errors_are_one_line_and_name_a_missing_folder(monkeypatch, t
     message = str(err.value)
     assert "\n" not in message and "'org/model' (name)" in message
     assert "huggingface.co'. Check your connection. Give a local folder" in message
+
+
+def test_layer_and_head_indices_are_whole_numbers():
+    """1.5 was silently captured as layer 1, True as layer 1, and numpy's int64 raised a raw
+    TypeError."""
+    import numpy as np
+
+    from conftest import _tiny
+    from probe import AttentionProbe
+    from probe.selection import parse_heads
+
+    model = _tiny("bert")  # 2 layers, 4 heads
+    for layers in ([1.5], [True], 0.0, ["1,"]):
+        with pytest.raises(InputError, match="is not a layer index"):
+            AttentionProbe(model, layers=layers)
+    assert AttentionProbe(model, layers=np.int64(1), keys=["z"]).exposed_keys == ["blocks.1.attn.z"]
+    assert AttentionProbe(model, layers=[np.int64(-2), "1"], keys=["z"]).exposed_keys == [
+        "blocks.0.attn.z", "blocks.1.attn.z"]
+    for heads in ({1.5: [0]}, {True: [0]}, {0: [1.0]}, {0: [-1]}):
+        with pytest.raises(InputError, match="does not exist|is not a head index"):
+            parse_heads(heads, n_layers=2, n_heads=4)
+    assert parse_heads({np.int64(1): [np.int64(3)]}, n_layers=2, n_heads=4) == {1: (3,)}
