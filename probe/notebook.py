@@ -34,7 +34,7 @@ from .design import PairPlan, plan_pairs
 from .errors import InputError
 from .names import parse_key
 from .pair_metrics import METRICS, components_needed
-from .pairs import Pair
+from .pairs import Pair, check_texts
 
 DESCRIPTIVE = "n = 1 pair: descriptive values, no test statistic (run a study for tests)"
 _MODELS: dict = {}
@@ -149,8 +149,9 @@ def compare(original: str, counterfactual: str, *, model=None, tokenizer=None,
     object with ``tokenizer=``. ``control``: ``"auto"`` builds a matched control from the cue,
     a sentence uses that one, None uses none. ``cue`` overrides cue detection (text or span).
     """
-    model, tokenizer = _model(model, tokenizer)
     mode = "auto" if control == "auto" else "none" if control is None else "field"
+    check_texts(original, counterfactual, "pair", "compare()", control if mode == "field" else None)
+    model, tokenizer = _model(model, tokenizer)
     pair = Pair("pair", original, counterfactual, control=None if mode != "field" else control, cue=cue)
     plan = plan_pairs([pair], controls=mode, seed=seed)[0]
     texts = [original, counterfactual] + ([plan.control] if plan.control is not None else [])

@@ -136,6 +136,22 @@ def _text_field(row, name, pid, where):
     return value
 
 
+def check_texts(original, counterfactual, pid: str, where: str, control=None):
+    """The rules every pair's texts follow, from a file or a notebook: non-empty strings, the
+    two sides different, a control (returned) different from both."""
+    for side, text in ((Side.ORIGINAL, original), (Side.COUNTERFACTUAL, counterfactual)):
+        if not isinstance(text, str):
+            raise InputError(f"{where}: {side} must be a string")
+        if not text.strip():
+            raise InputError(f"{where}: pair {pid!r} has an empty {side}")
+    if original.strip() == counterfactual.strip():
+        raise InputError(f"{where}: pair {pid!r} has identical original and counterfactual")
+    if control is not None and control.strip() in (original.strip(), counterfactual.strip()):
+        raise InputError(f"{where}: pair {pid!r}: the control must differ from both the "
+                         "original and the counterfactual")
+    return control
+
+
 def load_pairs(path) -> list[Pair]:
     """Load and validate a pair file; every problem is reported with its line number."""
     path = Path(path)
@@ -147,21 +163,11 @@ def load_pairs(path) -> list[Pair]:
             raise InputError(f"{where}: missing field{'s' if len(missing) > 1 else ''} "
                              f"{', '.join(missing)}")
         pid = str(row["id"])
-        for side in (Side.ORIGINAL, Side.COUNTERFACTUAL):
-            if not isinstance(row[side], str):
-                raise InputError(f"{where}: {side} must be a string")
-            if not row[side].strip():
-                raise InputError(f"{where}: pair {pid!r} has an empty {side}")
-        if row["original"].strip() == row["counterfactual"].strip():
-            raise InputError(f"{where}: pair {pid!r} has identical original and counterfactual")
+        control = check_texts(row["original"], row["counterfactual"], pid, where,
+                              _text_field(row, "control", pid, where))
         if pid in seen:
             raise InputError(f"{where}: duplicate id {pid!r} (first on line {seen[pid]})")
         seen[pid] = number
-        control = _text_field(row, "control", pid, where)
-        if control is not None and control.strip() in (row["original"].strip(),
-                                                       row["counterfactual"].strip()):
-            raise InputError(f"{where}: pair {pid!r}: the control must differ from both the "
-                             "original and the counterfactual")
         meta = {k: v for k, v in row.items()
                 if k not in (*REQUIRED, *OPTIONAL) and v not in (None, "")}
         cluster = row.get("cluster")

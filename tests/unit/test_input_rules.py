@@ -117,3 +117,17 @@ def test_layer_and_head_indices_are_whole_numbers():
         with pytest.raises(InputError, match="does not exist|is not a head index"):
             parse_heads(heads, n_layers=2, n_heads=4)
     assert parse_heads({np.int64(1): [np.int64(3)]}, n_layers=2, n_heads=4) == {1: (3,)}
+
+
+def test_compare_follows_the_pair_file_rules():
+    """notebook.compare() of two identical sentences ran and reported differences of zero;
+    it now refuses what a pair file refuses, before loading a model."""
+    from probe.notebook import compare
+
+    for args, message in ((("A cat.", " A cat. "), "identical original and counterfactual"),
+                          (("", "A cat."), "has an empty original"),
+                          (("A cat.", None), "counterfactual must be a string")):
+        with pytest.raises(InputError, match=f"compare\\(\\): .*{message}"):
+            compare(*args, model=object())
+    with pytest.raises(InputError, match="the control must differ"):
+        compare("A cat.", "No cat.", control="A cat.", model=object())
