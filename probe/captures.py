@@ -17,14 +17,27 @@ Imports numpy, :mod:`probe.attention`, :mod:`probe.errors`, :mod:`probe.names` a
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 
 from . import names
 from .attention import value_weighted
-from .errors import InputError
+from .errors import InputError, MissingKeyError, OutOfRangeError
 from .packing import pack_rows, packed_size, unpad_index
+
+
+def example_number(i, n: int) -> int:
+    """``i`` as an example number of a sequence of ``n``, negative counting from the end."""
+    try:
+        i = operator.index(i)
+    except TypeError:
+        raise InputError(f"examples are numbered 0..{n - 1} (or sliced), not indexed by "
+                         f"{type(i).__name__} {i!r}; read a key of one: capture[0][key]") from None
+    if not -n <= i < n:
+        raise OutOfRangeError(f"example {i} out of range: there are {n} examples")
+    return i
 
 
 class Example(Mapping):
@@ -51,7 +64,7 @@ class Example(Mapping):
     def __getitem__(self, key: str) -> np.ndarray:
         layer, component = names.parse_key(key)  # raises for malformed keys
         if key not in self._key_set:
-            raise KeyError(f"{key!r} was not captured; captured keys are e.g. "
+            raise MissingKeyError(f"{key!r} was not captured; captured keys are e.g. "
                            f"{', '.join(self._keys[:4])} ...")
         if component in names.DERIVED:
             try:
@@ -236,7 +249,7 @@ class Capture(KeyedSequence):
     def __getitem__(self, i):
         if isinstance(i, slice):
             return Capture(list(self._examples[i]), self.keys, head_map=self.head_map)
-        ex = self._examples[i]
+        ex = self._examples[example_number(i, len(self))]
         return ex if ex._keys == self.keys else ex.narrowed(self.keys)
 
     def select(self, *, layers=None, components=None) -> Capture:

@@ -19,5 +19,16 @@ class InputError(ProbeError):
     """A text, file or argument given by the user cannot be used as it is."""
 
 
+class MissingKeyError(ProbeError, KeyError):
+    """A key an example does not hold; a KeyError too, so ``in`` and ``.get`` work as usual."""
+
+    def __str__(self) -> str:  # KeyError's own str() quotes the whole message
+        return str(self.args[0]) if self.args else ""
+
+
+class OutOfRangeError(ProbeError, IndexError):
+    """An example number past the end of a capture or run; an IndexError too, so loops end."""
+
+
 class ProbeWarning(UserWarning):
     """Something worth knowing that does not stop the work (the CLI prints ``probe: warning:``)."""

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 
 from .. import names
-from ..captures import Capture, Example, KeyedSequence
+from ..captures import Capture, Example, KeyedSequence, example_number
 from .errors import CorruptRunError
 from .files import check_contents, check_schema, open_file
 from .layout import (INDEX_FIELDS, REQUIRED, STREAMS, dataset_path, index_problem, key_of,
@@ -71,9 +71,7 @@ class Run(KeyedSequence):
         if isinstance(i, slice):
             return Capture([self[j] for j in range(*i.indices(len(self)))], self.keys,
                            head_map=self.head_map)
-        if not -len(self) <= i < len(self):
-            raise IndexError(f"example {i} out of range: the run holds {len(self)} examples")
-        row = int(self._order[i])
+        row = int(self._order[example_number(i, len(self))])
         return _example(self._data, {name: int(self.index[name][row]) for name in INDEX_FIELDS},
                         self.keys, self.head_map)
 

@@ -13,6 +13,7 @@ import pytest
 
 from conftest import SENTENCES
 from probe import AttentionProbe, InputError, SchemaError, open_run
+from probe.errors import MissingKeyError, OutOfRangeError
 from probe.runner import capture_to_file
 from probe.readers import iter_records
 
@@ -105,6 +106,10 @@ def test_lazy_selection_and_value_weighted_derived_on_load(live_and_stored):
         assert [e.index for e in run] == list(range(len(SENTENCES)))
         assert run.metas() == [e.meta for e in run] == [{"id": f"s{i}", "domain": "test"}
                                                           for i in range(len(SENTENCES))]
+        with pytest.raises(OutOfRangeError, match=f"there are {len(SENTENCES)} examples"):
+            run[len(SENTENCES)]
+        with pytest.raises(MissingKeyError, match="not captured"):
+            run[0]["blocks.4.attn.pattern"]
 
 
 def test_existing_output_is_never_overwritten(minilm, live_and_stored):

@@ -131,3 +131,28 @@ def test_compare_follows_the_pair_file_rules():
             compare(*args, model=object())
     with pytest.raises(InputError, match="the control must differ"):
         compare("A cat.", "No cat.", control="A cat.", model=object())
+
+
+def test_capture_and_run_access_errors_are_probe_errors(tmp_path):
+    """A missing key, an example number past the end and a non-number index raise probe's
+    errors, which stay KeyError / IndexError for Python's own protocols."""
+    import numpy as np
+
+    from probe import ProbeError
+    from probe.captures import Capture, CapturedBatch
+    from probe.errors import MissingKeyError, OutOfRangeError
+
+    batch = CapturedBatch({"blocks.0.attn.pattern": np.ones((2, 1, 3, 3)) / 3}, [(0, 3), (0, 2)],
+                          [list("abc"), list("ab")])
+    cap = Capture([batch.example(0), batch.example(1)], batch.keys)
+    with pytest.raises(MissingKeyError, match="'blocks.0.attn.q' was not captured") as err:
+        cap[0]["blocks.0.attn.q"]
+    assert isinstance(err.value, KeyError) and isinstance(err.value, ProbeError)
+    assert not str(err.value).startswith('"')  # not KeyError's quoted form
+    assert cap[0].get("blocks.0.attn.q", "none") == "none" and "blocks.0.attn.q" not in cap[0]
+    with pytest.raises(OutOfRangeError, match="example 2 out of range: there are 2 examples"):
+        cap[2]
+    assert isinstance(OutOfRangeError("x"), IndexError)
+    assert cap[np.int64(-1)].tokens == ["a", "b"] and [len(ex.tokens) for ex in cap] == [3, 2]
+    with pytest.raises(InputError, match="not indexed by str 'x'"):
+        cap["x"]
