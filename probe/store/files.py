@@ -68,6 +68,8 @@ def open_file(path, writable: bool = False) -> h5py.File:
     path = os.fspath(path)
     if not os.path.exists(path):
         raise InputError(f"run file {path} does not exist")
+    if os.path.isdir(path):
+        raise InputError(f"{path} is a folder; give a run file (RUN.h5)")
     try:
         return _open_file(path, writable)
     except OSError as err:
@@ -90,9 +92,10 @@ def _open_file(path: str, writable: bool) -> h5py.File:
         if isinstance(err, BlockingIOError):
             raise
         if "already open" not in str(err) and "consistency flags" not in str(err):
+            said = " ".join(str(err).split())  # HDF5's messages span lines
             if writable:
-                raise InputError(f"{path} cannot be opened as an HDF5 file for writing: {err}") from None
-            raise SchemaError(f"{path} is not a readable HDF5 file ({err})") from None
+                raise InputError(f"{path} cannot be opened as an HDF5 file for writing: {said}") from None
+            raise SchemaError(f"{path} is not a readable HDF5 file ({said})") from None
     if not writable:
         try:
             return h5py.File(path, "r", libver="latest", swmr=True, **CHUNK_CACHE)

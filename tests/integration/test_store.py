@@ -156,10 +156,13 @@ def test_other_schema_version_and_non_run_files(live_and_stored, tmp_path):
         open_run(other)
     text = tmp_path / "text.h5"
     text.write_text("hello")
-    with pytest.raises(SchemaError, match="not a readable HDF5"):
+    with pytest.raises(SchemaError, match="not a readable HDF5") as err:
         open_run(text)
+    assert "\n" not in str(err.value)  # HDF5's own message spans lines
     with pytest.raises(InputError, match="does not exist"):
         open_run(tmp_path / "missing.h5")
+    with pytest.raises(InputError, match="is a folder; give a run file"):
+        open_run(tmp_path)
 
 
 @pytest.mark.parametrize("content,suffix,message", [
