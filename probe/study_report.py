@@ -188,6 +188,19 @@ def _boot_means(values: np.ndarray, n: int = 500, seed: int = 0) -> np.ndarray:
     return values[idx].mean(1)
 
 
+def _none_significant(n_clusters: int) -> str:
+    """Why no head is listed: none tested, none could be (too few clusters), or none is."""
+    if n_clusters < 2:
+        return (f"No test against the control for this kind: {n_clusters} cluster(s), and a "
+                "test needs at least 2.")
+    best = 2.0 ** (1 - n_clusters)  # the exact sign-flip's smallest two-sided p
+    if n_clusters <= 16 and best >= ALPHA:
+        return (f"No head is significant against the control for this kind, and none could "
+                f"be: with {n_clusters} clusters the exact sign-flip test gives p >= {best:.3g}. "
+                "This is no evidence of absence; add clusters.")
+    return "No head is significant against the control for this kind."
+
+
 def _fmt(x, digits=3) -> str:
     return "" if x is None or (isinstance(x, float) and np.isnan(x)) else f"{x:.{digits}g}"
 
@@ -252,7 +265,7 @@ def summary(main: PairTable, baseline, stats, title: str, attrs: dict, settings=
                   f"{with_control} with a control.", "",
                   "| metric | vs original: estimate (test) | sig. vs original | sig. vs control "
                   "| sig. on both |", "|---|---|---|---|---|"]
-        top = []
+        top, clusters_c = [], 0
         for metric, m in METRICS.items():
             orig = by.get((kind, metric, vs_original), [])
             ctrl = [r for r in by.get((kind, metric, vs_control), []) if not np.isnan(r["p"])]
@@ -261,7 +274,10 @@ def summary(main: PairTable, baseline, stats, title: str, attrs: dict, settings=
             sig_o = {(r["layer"], r["head"]) for r in orig if r["q"] < ALPHA}
             sig_c = {(r["layer"], r["head"]) for r in ctrl if r["q"] < ALPHA}
             mean_o = np.mean([r["estimate"] for r in orig]) if orig else np.nan
-            test_o = "descriptive" if not m.tested_vs_original else f"{len(sig_o)}/{len(orig)}"
+            tested_o = sum(not np.isnan(r["p"]) for r in orig)
+            test_o = "descriptive" if not m.tested_vs_original else f"{len(sig_o)}/{tested_o}"
+            clusters_c = max([clusters_c, *(int(r["n_clusters"]) for r in by.get(
+                (kind, metric, vs_control), []))])
             lines.append(f"| {metric} | {_fmt(mean_o)} (mean over heads) | {test_o} | "
                          f"{len(sig_c)}/{len(ctrl)} | "
                          f"{len(sig_o & sig_c) if m.tested_vs_original else '-'} |")
@@ -277,5 +293,5 @@ def summary(main: PairTable, baseline, stats, title: str, attrs: dict, settings=
                              f"({_fmt(r['ci_low'])}, {_fmt(r['ci_high'])}) | {_fmt(r['effect_size'])} "
                              f"| {_fmt(r['q'], 2)} | {_fmt(o)} |")
         else:
-            lines += ["", "No head is significant against the control for this kind."]
+            lines += ["", _none_significant(clusters_c)]
     return "\n".join(lines) + "\n"

@@ -319,3 +319,25 @@ def test_kill_9_during_a_study_leaves_no_half_written_file(tmp_path, tiny_model_
                  "--resamples", "50", "--quiet", "--resume"]) == 0
     assert (out / "COMPLETE.json").exists()
     assert not [p for p in out.rglob("*.tmp")]  # the finished rerun leaves no temporary file
+
+
+def test_summary_says_when_no_test_was_possible(tmp_path, tiny_model_dir):
+    """With 1 cluster nothing is tested (the summary said "0/72" against the original and "No
+    head is significant"); with 3 clusters the exact sign-flip cannot go below p = 0.25, so the
+    summary says none could be significant rather than that none is."""
+    from probe.cli import main
+
+    for n, expected in ((1, "No test against the control for this kind: 1 cluster(s)"),
+                        (3, "none could be: with 3 clusters the exact sign-flip test gives p >= 0.25")):
+        texts = ["The cat is here.", "The dog runs fast.", "A bird sings."][:n]
+        pairs = [Pair(f"p{i}", t, t.replace(" is ", " is not ").replace(" runs", " does not run")
+                      .replace(" sings", " does not sing"))
+                 for i, t in enumerate(texts)]  # unrelated originals: one cluster each
+        out = tmp_path / f"s{n}"
+        assert main(["negation", "--model", str(tiny_model_dir), "--pairs",
+                     str(_pair_file(tmp_path / f"p{n}.jsonl", pairs)), "--out", str(out),
+                     "--resamples", "50", "--quiet"]) == 0
+        summary = (out / "summary.md").read_text()
+        assert expected in summary and "No head is significant against the control for this kind.\n" not in summary
+        line = next(row for row in summary.splitlines() if row.startswith("| first_token_shift |"))
+        assert line.split(" | ")[2] == ("0/0" if n == 1 else "0/8"), line  # 2 layers x 4 heads
