@@ -9,7 +9,7 @@ touched; every file is written atomically and ``COMPLETE.json`` last.
 
 Imports numpy and :mod:`probe.errors`; inside the command, transformers, :mod:`probe.models`,
 :mod:`probe.pairs`, :mod:`probe.design`, :mod:`probe.readers`, :mod:`probe.outputs`,
-:mod:`probe.plots` and the patching modules (:mod:`probe.patching`, :mod:`probe.patch_pairs`,
+:mod:`probe.plots`, :mod:`probe.stats` and the patching modules (:mod:`probe.patching`, :mod:`probe.patch_pairs`,
 :mod:`probe.patch_attribution`, :mod:`probe.patch_report`).
 """
 
@@ -242,9 +242,20 @@ def _summary(args, result, rows, control_rows=None) -> str:
 
 
 def _significant(rows, title) -> list[str]:
+    from .stats import smallest_p
+
     sig = sorted((r for r in rows if r["q"] == r["q"] and r["q"] < 0.05), key=lambda r: -abs(r["estimate"]))
     lines = [f"{title}: {len(sig)}"]
     for r in sig[:10]:
         lines.append(f"- {r['kind']}: head {r['layer']}.{r['head']} effect {r['estimate']:.3f} "
                      f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}], q = {r['q']:.2g}")
+    clusters = {}  # kinds where no head could reach q < 0.05: too few clusters for the test
+    for r in rows:
+        clusters[r["kind"]] = max(clusters.get(r["kind"], 0), int(r["n_clusters"]))
+    for kind, n in sorted(clusters.items()):
+        best = smallest_p(n)
+        if not best < 0.05:
+            lines.append(f"- {kind}: {n} cluster(s): " + ("not tested (a test needs at least 2)"
+                         if best != best else f"no head could reach q < 0.05 (p >= {best:.3g}); "
+                         "no evidence of absence"))
     return lines

@@ -13,8 +13,8 @@ the completion marker last:
 - ``summary.md`` and ``figures/``.
 
 Imports numpy, :mod:`probe.design`, :mod:`probe.errors`, :mod:`probe.outputs`,
-:mod:`probe.pair_metrics`, :mod:`probe.pairs` and :mod:`probe.study` (and, inside the functions
-that draw or show, :mod:`probe.plots` and pandas, which is optional).
+:mod:`probe.pair_metrics`, :mod:`probe.pairs`, :mod:`probe.stats` and :mod:`probe.study` (and,
+inside the functions that draw or show, :mod:`probe.plots` and pandas, which is optional).
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from .errors import InputError
 from .outputs import begin_folder, finish_folder, write_csv, write_text
 from .pair_metrics import HEADLINE, METRICS
 from .pairs import slugs
+from .stats import smallest_p
 from .study import (POOLED, STATS_COLUMNS, Against, Contrast, PairTable, contrasts, pair_tables,
                     study_statistics)
 
@@ -190,11 +191,11 @@ def _boot_means(values: np.ndarray, n: int = 500, seed: int = 0) -> np.ndarray:
 
 def _none_significant(n_clusters: int) -> str:
     """Why no head is listed: none tested, none could be (too few clusters), or none is."""
-    if n_clusters < 2:
+    best = smallest_p(n_clusters)
+    if np.isnan(best):
         return (f"No test against the control for this kind: {n_clusters} cluster(s), and a "
                 "test needs at least 2.")
-    best = 2.0 ** (1 - n_clusters)  # the exact sign-flip's smallest two-sided p
-    if n_clusters <= 16 and best >= ALPHA:
+    if best >= ALPHA:
         return (f"No head is significant against the control for this kind, and none could "
                 f"be: with {n_clusters} clusters the exact sign-flip test gives p >= {best:.3g}. "
                 "This is no evidence of absence; add clusters.")

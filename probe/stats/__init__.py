@@ -35,7 +35,7 @@ Modules, one job each (an arrow: may import; every module may import numpy, scip
     pvalues.py        t p-values that never reach 0; sign-flip and label-permutation
                       p-values, vectorised over cells                       -> cells
     bootstrap.py      percentile bootstrap intervals, resampling clusters   -> cells
-    cluster_tests.py  cluster_means, cluster_test, cluster_unpaired_test
+    cluster_tests.py  cluster_means, cluster_test, cluster_unpaired_test, smallest_p
                                                  -> cells, pvalues, bootstrap, results
     pair_tests.py     bootstrap_ci, paired_test, unpaired_test (pairs as clusters of one)
                                                  -> cells, pvalues, results
@@ -51,12 +51,12 @@ Everything public is importable from ``probe.stats`` itself.
 ((2, 3), True, 't')
 """
 
-from .cluster_tests import cluster_means, cluster_test, cluster_unpaired_test
+from .cluster_tests import cluster_means, cluster_test, cluster_unpaired_test, smallest_p
 from .fdr import benjamini_hochberg
 from .pair_tests import bootstrap_ci, paired_test, unpaired_test
 from .results import ClusterResult, TestResult
 
 __all__ = [
     "ClusterResult", "TestResult", "benjamini_hochberg", "bootstrap_ci", "cluster_means",
-    "cluster_test", "cluster_unpaired_test", "paired_test", "unpaired_test",
+    "cluster_test", "cluster_unpaired_test", "paired_test", "smallest_p", "unpaired_test",
 ]

@@ -57,6 +57,19 @@ def cluster_means(values, clusters: Sequence[Hashable]) -> tuple[np.ndarray, np.
         (len(labels),) + shape), labels)
 
 
+def smallest_p(n_clusters: int) -> float:
+    """The smallest p :func:`cluster_test` can give a cell with ``n_clusters`` clusters: NaN
+    below 2 (no test), ``2 / 2**n`` for the exact sign flip, 0 from 17 on (no bound at any
+    usual level). Below 6 clusters nothing can be significant at 0.05.
+
+    >>> [smallest_p(n) for n in (1, 2, 5, 6, 40)]
+    [nan, 0.5, 0.0625, 0.03125, 0.0]
+    """
+    if n_clusters < 2:
+        return float("nan")
+    return 2.0 ** (1 - n_clusters) if n_clusters <= EXACT_MAX_N else 0.0
+
+
 def cluster_test(values, clusters: Sequence[Hashable], *, n_resamples: int = 1000,
                  n_permutations: int = 20000, level: float = 0.95, seed: int = 0) -> ClusterResult:
     """Two-sided test of ``mean over clusters of the cluster means == 0``, per cell.

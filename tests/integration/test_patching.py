@@ -291,6 +291,8 @@ def test_pair_without_alignment_is_reported_and_skipped(tmp_path, tiny_model_dir
     per_pair = (out / "patch_pairs.csv").read_text()
     assert per_pair.startswith("id,layer,head,effect") and "\nnone," not in per_pair
     assert (out / "figures" / "patch_heatmap.png").exists() and (out / "COMPLETE.json").exists()
+    summary = (out / "summary.md").read_text()  # 2 pairs, 2 clusters: nothing can be significant
+    assert "- copula: 2 cluster(s): no head could reach q < 0.05 (p >= 0.5)" in summary
 
 
 def _cli(argv):
