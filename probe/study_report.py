@@ -235,7 +235,7 @@ def summary(main: PairTable, baseline, stats, title: str, attrs: dict, settings=
               "The control matches insertion, length, position and the edit's place, not the "
               "word: a selective head treats the cue unlike the control's word (say \"not\" "
               "unlike \"really\"), which may be a difference of word identity or class rather "
-              "than of negation's meaning. "
+              f"than of {'negation' if str(main.study) == 'negation' else 'the edit'}'s meaning. "
               f"Tests are over clusters, two-sided; q is Benjamini-Hochberg over the layer x head "
               f"tests of one metric, contrast and kind; significant means q < {ALPHA}. "
               "Descriptive rows (no test) are marked so in stats.csv.", ""]

@@ -271,7 +271,9 @@ def test_controls_modes_and_explicit_baseline(tmp_path, tiny_model_dir, capsys):
     # without controls there is no row against the control (a row needs pairs)
     assert {r["contrast"] for r in stats} == {"counterfactual_vs_original", "counterfactual_vs_baseline"}
     assert not any(r["metric"].startswith("cue_") and r["contrast"].endswith("baseline") for r in stats)
-    assert "Baseline set `baseline`" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "Baseline set `baseline`" in summary
+    assert "rather than of the edit's meaning" in summary and "negation" not in summary.lower()
 
 
 def test_kill_9_during_a_study_leaves_no_half_written_file(tmp_path, tiny_model_dir):
