@@ -29,7 +29,14 @@ from .packing import pack_rows, packed_size, unpad_index
 
 
 def example_number(i, n: int) -> int:
-    """``i`` as an example number of a sequence of ``n``, negative counting from the end."""
+    """``i`` as an example number of a sequence of ``n``, negative counting from the end.
+
+    >>> example_number(-1, 3)
+    -1
+    >>> example_number(3, 3)
+    Traceback (most recent call last):
+    probe.errors.OutOfRangeError: example 3 out of range: there are 3 examples
+    """
     try:
         i = operator.index(i)
     except TypeError:

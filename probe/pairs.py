@@ -138,7 +138,14 @@ def _text_field(row, name, pid, where):
 
 def check_texts(original, counterfactual, pid: str, where: str, control=None):
     """The rules every pair's texts follow, from a file or a notebook: non-empty strings, the
-    two sides different, a control (returned) different from both."""
+    two sides different, a control (returned) different from both.
+
+    >>> check_texts("A cat.", "No cat.", "p1", "compare()", control="A dog.")
+    'A dog.'
+    >>> check_texts("A cat.", "A cat. ", "p1", "pairs.jsonl:3")
+    Traceback (most recent call last):
+    probe.errors.InputError: pairs.jsonl:3: pair 'p1' has identical original and counterfactual
+    """
     for side, text in ((Side.ORIGINAL, original), (Side.COUNTERFACTUAL, counterfactual)):
         if not isinstance(text, str):
             raise InputError(f"{where}: {side} must be a string")

@@ -256,6 +256,6 @@ def _significant(rows, title) -> list[str]:
         best = smallest_p(n)
         if not best < 0.05:
             lines.append(f"- {kind}: {n} cluster(s): " + ("not tested (a test needs at least 2)"
-                         if best != best else f"no head could reach q < 0.05 (p >= {best:.3g}); "
+                         if np.isnan(best) else f"no head could reach q < 0.05 (p >= {best:.3g}); "
                          "no evidence of absence"))
     return lines

@@ -38,7 +38,11 @@ def is_index(value) -> bool:
 
 def layer_indices(layers, n: int, where: str) -> list[int]:
     """``layers`` (one index or several; negative ones count from the end) as ints, refused
-    unless whole numbers in ``-n..n-1`` (``where``: "the model has", for the message)."""
+    unless whole numbers in ``-n..n-1`` (``where``: "the model has", for the message).
+
+    >>> layer_indices([0, -1, "2"], 6, "the model has"), layer_indices(3, 6, "the model has")
+    ([0, -1, 2], [3])
+    """
     one = isinstance(layers, (str, numbers.Number)) or not hasattr(layers, "__iter__")
     out = []
     for layer in ([layers] if one else layers):
