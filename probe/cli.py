@@ -106,8 +106,8 @@ def main(argv=None) -> int:
         hf_logging.disable_progress_bar()
         warnings.showwarning = _show_warning
         return args.func(args)
-    except ProbeError as err:
-        print(f"probe: error: {err}", file=sys.stderr)
+    except ProbeError as err:  # one line, whatever text a library's error brought in
+        print(f"probe: error: {' '.join(str(err).split())}", file=sys.stderr)
         signum = getattr(err, "signum", None)  # runner.Interrupted: 130 for SIGINT, 143 for SIGTERM
         return 128 + int(signum) if signum else 2
     except (_Stopped, KeyboardInterrupt) as err:
