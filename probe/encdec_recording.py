@@ -195,9 +195,9 @@ def _call_spans(call: dict, enc_in: dict, dec_in: dict, batch: int):
 
     enc_spans = spans(enc_in.get("attention_mask"), masked.get(("encoder", "attn")), n_enc)
     dec_spans = spans(dec_in.get("attention_mask"), masked.get(("decoder", "attn"), True), n_dec)
+    if ("decoder", "cross_attn") not in masked:
+        return enc_spans, dec_spans, enc_spans
     src_mask = dec_in.get("encoder_attention_mask")
     if src_mask is None:
         src_mask = enc_in.get("attention_mask")
-    if ("decoder", "cross_attn") not in masked:
-        return enc_spans, dec_spans, enc_spans
     return enc_spans, dec_spans, spans(src_mask, masked[("decoder", "cross_attn")], n_enc)
