@@ -269,7 +269,8 @@ def summary(main: PairTable, baseline, stats, title: str, attrs: dict, settings=
         top, clusters_c = [], 0
         for metric, m in METRICS.items():
             orig = by.get((kind, metric, vs_original), [])
-            ctrl = [r for r in by.get((kind, metric, vs_control), []) if not np.isnan(r["p"])]
+            ctrl_all = by.get((kind, metric, vs_control), [])
+            ctrl = [r for r in ctrl_all if not np.isnan(r["p"])]
             if not orig and not ctrl:
                 continue
             sig_o = {(r["layer"], r["head"]) for r in orig if r["q"] < ALPHA}
@@ -277,8 +278,7 @@ def summary(main: PairTable, baseline, stats, title: str, attrs: dict, settings=
             mean_o = np.mean([r["estimate"] for r in orig]) if orig else np.nan
             tested_o = sum(not np.isnan(r["p"]) for r in orig)
             test_o = "descriptive" if not m.tested_vs_original else f"{len(sig_o)}/{tested_o}"
-            clusters_c = max([clusters_c, *(int(r["n_clusters"]) for r in by.get(
-                (kind, metric, vs_control), []))])
+            clusters_c = max([clusters_c, *(int(r["n_clusters"]) for r in ctrl_all)])
             lines.append(f"| {metric} | {_fmt(mean_o)} (mean over heads) | {test_o} | "
                          f"{len(sig_c)}/{len(ctrl)} | "
                          f"{len(sig_o & sig_c) if m.tested_vs_original else '-'} |")
