@@ -81,7 +81,7 @@ def parse_heads(spec, n_layers: int, n_heads=None) -> dict[int, tuple[int, ...]]
         for part in parts:
             text = str(part).strip()
             layer, dot, head = text.partition(".")
-            if not dot or not layer.strip().lstrip("-").isdigit() or not (
+            if not dot or not is_index(layer) or not (
                     head.strip() == "*" or head.strip().isdigit()):
                 raise InputError(f"heads {text!r} is not LAYER.HEAD: expected {_HEADS_FORM}")
             items.append((int(layer), head.strip(), text))
