@@ -45,7 +45,12 @@ def _status_kib(field: str) -> int:
 
 
 def peak_memory(fn, device) -> tuple[float, str]:
-    """Run ``fn``; return (peak memory above the start in MiB, the method that measured it)."""
+    """Run ``fn``; return (peak memory above the start in MiB, the method that measured it).
+
+    >>> mib, method = peak_memory(lambda: bytearray(64 * 2**20), "cpu")  # 64 MiB, then freed
+    >>> mib > 32, method.startswith(("peak RSS", "getrusage"))
+    (True, True)
+    """
     gc.collect()
     try:  # give freed heap back to the OS, so the phase's own growth shows in the RSS
         ctypes.CDLL("libc.so.6").malloc_trim(0)
